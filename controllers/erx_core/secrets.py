@@ -1,0 +1,66 @@
+"""Secrets generated on first use and kept in the state directory (mode 0600).
+
+Each organisation gets its own DID seed, each agent its own wallet key and admin API key: nothing is
+shared and nothing secret is hard-coded. Secret values are wrapped in `SecretStr` so that printing or
+logging a model never shows them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets as _random
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from pydantic import SecretStr
+
+
+def new_seed() -> str:
+    """A 32-character seed, the form ACA-Py and indy-vdr take for ed25519 DIDs."""
+    return _random.token_hex(16)
+
+
+def new_key() -> str:
+    return _random.token_urlsafe(32)
+
+
+class SecretStore:
+    def __init__(self, path: Path):
+        self.path = path
+
+    @contextmanager
+    def _locked(self) -> Iterator[dict[str, str]]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "r+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            raw = fh.read()
+            data: dict[str, str] = json.loads(raw) if raw.strip() else {}
+            before = dict(data)
+            yield data
+            if data != before:
+                fh.seek(0)
+                fh.truncate()
+                json.dump(data, fh, indent=2, sort_keys=True)
+
+    def get(self, name: str, factory: Callable[[], str] = new_key) -> SecretStr:
+        """The secret called `name`, created with `factory` the first time it is asked for."""
+        with self._locked() as data:
+            if name not in data:
+                data[name] = factory()
+            return SecretStr(data[name])
+
+    def seed(self, owner: str) -> SecretStr:
+        return self.get(f"seed:{owner}", new_seed)
+
+    def wallet_key(self, agent: str) -> SecretStr:
+        return self.get(f"wallet-key:{agent}")
+
+    def admin_api_key(self, agent: str) -> SecretStr:
+        return self.get(f"admin-api-key:{agent}")
+
+    def webhook_key(self, agent: str) -> SecretStr:
+        return self.get(f"webhook-key:{agent}")

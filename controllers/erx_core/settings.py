@@ -1,0 +1,157 @@
+"""The one typed settings object of the project.
+
+Every component reads its configuration from `Settings`. Values come from environment variables
+prefixed `ERX_` (nested with `__`, e.g. `ERX_CHAIN__PORT=8645`), and otherwise from dev defaults that
+work offline on a fresh machine. Secrets (seeds, wallet keys, admin API keys) are not settings: they
+are generated on first use and kept under the state directory (see `erx_core.secrets`).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+Role = Literal["doctor", "pharmacy", "patient"]
+
+
+class PoolSettings(BaseModel):
+    """The local Hyperledger Indy pool (4 validators, each a node port and a client port)."""
+
+    network_name: str = "erx-dev"
+    node_ports: list[int] = [9701, 9703, 9705, 9707]
+    client_ports: list[int] = [9702, 9704, 9706, 9708]
+    # Python 3.8 is indy-node 1.13's own target (shared/findings/indy-pool.md).
+    base_python: Path = Path("/root/.pyenv/versions/3.8.18/bin/python")
+    ready_timeout_s: float = 90.0
+
+    @model_validator(mode="after")
+    def _four_validators(self) -> PoolSettings:
+        if len(self.node_ports) != len(self.client_ports) or len(self.node_ports) < 4:
+            raise ValueError("the pool needs at least 4 validators, each with a node and a client port")
+        return self
+
+
+class ChainSettings(BaseModel):
+    """The local EVM node standing in for a permissioned, gas-free Quorum/Besu network."""
+
+    port: int = 8545
+    chain_id: int = 1337
+    # 1 s blocks mirror IBFT/QBFT; None switches to automine (faster tests, not production-like).
+    block_time_s: float | None = 1.0
+    # Permissioned networks set the block gas limit in genesis; the default 30M caps throughput.
+    gas_limit: int = 1_000_000_000
+    tx_timeout_s: float = 30.0
+
+
+class TailsSettings(BaseModel):
+    """The tails server holding revocation registries' tails files, addressed by hash."""
+
+    port: int = 6543
+    max_file_bytes: int = 64 * 1024 * 1024
+
+
+class AgentSettings(BaseModel):
+    """One ACA-Py agent and the controller its webhooks go to."""
+
+    name: str
+    role: Role
+    label: str
+    inbound_port: int
+    admin_port: int
+    controller_port: int
+    # Organisations get a public DID (ENDORSER) on the pool; a patient's wallet does not.
+    public_did: bool = True
+
+
+def _default_agents() -> list[AgentSettings]:
+    return [
+        AgentSettings(name="doctor", role="doctor", label="Dr. Practice (dev)",
+                      inbound_port=8020, admin_port=8021, controller_port=8022),
+        AgentSettings(name="pharmacy", role="pharmacy", label="Pharmacy A (dev)",
+                      inbound_port=8030, admin_port=8031, controller_port=8032),
+        AgentSettings(name="patient", role="patient", label="Patient wallet (dev)",
+                      inbound_port=8040, admin_port=8041, controller_port=8042, public_did=False),
+    ]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ERX_", env_nested_delimiter="__", extra="ignore")
+
+    home: Path = Field(default=REPO_ROOT / ".erx", description="all state: ledgers, wallets, keys, logs, pids")
+    # Installed environments are not state: tests with a throw-away home reuse them.
+    venvs: Path = Field(default=REPO_ROOT / ".erx" / "venv", description="Python virtual environments")
+    host: str = "127.0.0.1"
+    pool: PoolSettings = PoolSettings()
+    chain: ChainSettings = ChainSettings()
+    tails: TailsSettings = TailsSettings()
+    agents: list[AgentSettings] = Field(default_factory=_default_agents)
+    # The health authority is an organisation without an agent: it governs the token contract and
+    # may publish the national prescription schema.
+    authority_name: str = "health-authority"
+
+    @model_validator(mode="after")
+    def _ports_do_not_collide(self) -> Settings:
+        owners: dict[int, str] = {}
+        for owner, port in self.port_plan():
+            if port in owners:
+                raise ValueError(f"port {port} is configured for both {owners[port]} and {owner}")
+            owners[port] = owner
+        names = [a.name for a in self.agents]
+        if len(set(names)) != len(names):
+            raise ValueError(f"agent names must be unique: {names}")
+        return self
+
+    def port_plan(self) -> list[tuple[str, int]]:
+        """Every port the network binds, with the component that owns it."""
+        plan: list[tuple[str, int]] = []
+        for i, (node, client) in enumerate(zip(self.pool.node_ports, self.pool.client_ports), start=1):
+            plan += [(f"indy Node{i} (node)", node), (f"indy Node{i} (client)", client)]
+        plan.append(("chain", self.chain.port))
+        plan.append(("tails", self.tails.port))
+        for a in self.agents:
+            plan += [(f"agent-{a.name} (inbound)", a.inbound_port), (f"agent-{a.name} (admin)", a.admin_port),
+                     (f"controller-{a.name}", a.controller_port)]
+        return plan
+
+    # -- where things live under the state directory ---------------------------------------
+    @cached_property
+    def paths(self) -> StatePaths:
+        return StatePaths(self.home, self.venvs)
+
+    def agent(self, name: str) -> AgentSettings:
+        for a in self.agents:
+            if a.name == name:
+                return a
+        raise KeyError(f"no agent named {name!r} (configured: {[a.name for a in self.agents]})")
+
+    def url(self, port: int) -> str:
+        return f"http://{self.host}:{port}"
+
+
+class StatePaths:
+    """The layout of the state directory. Nothing outside it is written."""
+
+    def __init__(self, home: Path, venvs: Path):
+        self.home = home
+        self.main_venv = venvs / "main"
+        self.node_venv = venvs / "indy-node"
+        self.run = home / "run"          # pid files
+        self.logs = home / "logs"
+        self.pool = home / "indy-pool"   # genesis, node keys, ledgers
+        self.chain = home / "chain"      # EVM node state, deployment record
+        self.tails = home / "tails"      # tails files served by the tails server
+        self.agents = home / "agents"    # one ACAPY_HOME (wallets) per agent
+        self.secrets = home / "secrets.json"
+
+    def agent_home(self, name: str) -> Path:
+        return self.agents / name
+
+
+def load_settings(**overrides) -> Settings:
+    return Settings(**overrides)
