@@ -1,0 +1,462 @@
+"""Async ledger client for PrescriptionToken over any Ethereum JSON-RPC endpoint (anvil, Besu, GoQuorum).
+
+Transactions are signed locally (legacy, EIP-155) and sent with eth_sendRawTransaction, so no node
+needs unlocked accounts. Before sending, each transaction is estimated: a revert there raises the
+typed contract error without spending a block slot. A transaction that still fails when mined
+(e.g. it lost a race) is replayed with eth_call on the block it was mined in to recover its reason.
+
+Spending: the one-time prescription key (sk_presc) signs the EIP-712 message
+
+    domain  = EIP712Domain(name="ErxPrescriptionToken", version="1", chainId, verifyingContract)
+    message = Spend(address token, address dispenser, uint16 remaining)
+
+and the pharmacy's own account sends spend(token, remaining, signature). EIP-712 rather than
+EIP-191 personal_sign: the domain binds chain id and contract address in a standard, wallet-
+displayable way, and the struct hash keeps fields from being shifted between each other.
+"""
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, Self
+
+import aiohttp
+from eth_abi import decode as abi_decode
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from eth_account.signers.local import LocalAccount
+from eth_utils import to_checksum_address
+from eth_utils.abi import collapse_if_tuple
+from pydantic import BaseModel, ConfigDict, Field
+from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3.exceptions import Web3Exception
+from web3.middleware import ExtraDataToPOAMiddleware
+
+from erx_contracts.artifact import load_artifact
+from erx_contracts.config import ChainConfig, ChecksumAddress
+from erx_contracts.errors import (
+    ChainConfigError,
+    ChainError,
+    ChainUnavailable,
+    ContractError,
+    RpcError,
+    StaleSignature,
+    TransactionReverted,
+    TransactionTimeout,
+    decode_revert,
+)
+
+UINT16_MAX = 2**16 - 1
+UINT32_MAX = 2**32 - 1
+EIP712_NAME = "ErxPrescriptionToken"
+EIP712_VERSION = "1"
+
+
+class PrescriptionKey(BaseModel):
+    """The one-time key pair of a prescription: its address is the token id (pk_presc)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    address: ChecksumAddress
+    private_key: str = Field(repr=False)  # 0x-prefixed hex; travels only inside the credential
+
+
+class TokenSpec(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    token: ChecksumAddress
+    redemptions: int = Field(default=1, ge=1, le=UINT16_MAX)
+    not_before: int = Field(ge=0, le=UINT32_MAX)  # unix seconds, inclusive
+    not_after: int = Field(ge=0, le=UINT32_MAX)  # unix seconds, inclusive
+
+
+class TokenStatus(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    token: ChecksumAddress
+    exists: bool
+    issuer: ChecksumAddress | None
+    remaining: int
+    not_before: int
+    not_after: int
+    cancelled: bool
+
+
+class TxResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    tx_hash: str
+    block_number: int
+    gas_used: int
+
+
+def new_prescription_key() -> PrescriptionKey:
+    account = Account.create()
+    return PrescriptionKey(address=account.address, private_key=account.key.to_0x_hex())
+
+
+def spend_typed_data(
+    *, chain_id: int, contract_address: str, token: str, dispenser: str, remaining: int
+) -> dict[str, Any]:
+    """The EIP-712 message a one-time key signs to let `dispenser` spend one redemption."""
+    return {
+        "types": {
+            "EIP712Domain": [
+                {"name": "name", "type": "string"},
+                {"name": "version", "type": "string"},
+                {"name": "chainId", "type": "uint256"},
+                {"name": "verifyingContract", "type": "address"},
+            ],
+            "Spend": [
+                {"name": "token", "type": "address"},
+                {"name": "dispenser", "type": "address"},
+                {"name": "remaining", "type": "uint16"},
+            ],
+        },
+        "primaryType": "Spend",
+        "domain": {
+            "name": EIP712_NAME,
+            "version": EIP712_VERSION,
+            "chainId": chain_id,
+            "verifyingContract": to_checksum_address(contract_address),
+        },
+        "message": {
+            "token": to_checksum_address(token),
+            "dispenser": to_checksum_address(dispenser),
+            "remaining": remaining,
+        },
+    }
+
+
+def sign_spend(
+    prescription_private_key: str, *, chain_id: int, contract_address: str, dispenser: str, remaining: int
+) -> bytes:
+    """65-byte (r, s, v) authorisation for one spend of the key's token by `dispenser`."""
+    signer = Account.from_key(prescription_private_key)
+    message = spend_typed_data(
+        chain_id=chain_id,
+        contract_address=contract_address,
+        token=signer.address,
+        dispenser=dispenser,
+        remaining=remaining,
+    )
+    return bytes(signer.sign_message(encode_typed_data(full_message=message)).signature)
+
+
+@dataclass
+class _NonceSlot:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    next: int | None = None  # None: ask the node ("pending") before the next send
+
+
+@dataclass
+class _Connection:
+    """Shared by all clients made with for_account: one HTTP session, one nonce slot per sender."""
+
+    w3: AsyncWeb3
+    nonces: defaultdict[str, _NonceSlot] = field(default_factory=lambda: defaultdict(_NonceSlot))
+
+
+@cache
+def _output_types(fn: str) -> list[str]:
+    (entry,) = [e for e in load_artifact().abi if e["type"] == "function" and e["name"] == fn]
+    return [collapse_if_tuple(o) for o in entry["outputs"]]
+
+
+def _revert_data(error_data: Any) -> bytes | None:
+    """Revert bytes from a JSON-RPC error's `data`: a hex string on anvil, Besu and geth/GoQuorum;
+    some nodes wrap it as {"data": "0x..."}."""
+    if isinstance(error_data, dict):
+        error_data = error_data.get("data")
+    if isinstance(error_data, str) and error_data.startswith("0x") and len(error_data) >= 10:
+        try:
+            return bytes.fromhex(error_data[2:])
+        except ValueError:
+            return None
+    return None
+
+
+class PrescriptionTokenClient:
+    """Acts as one account (authority, doctor or pharmacy) on one PrescriptionToken deployment.
+
+    Make one with connect() or deploy(), further actors with for_account(); close() ends the
+    connection they share.
+    """
+
+    def __init__(self, config: ChainConfig, account: LocalAccount | str, connection: _Connection) -> None:
+        self.config = config
+        self.account: LocalAccount = Account.from_key(account) if isinstance(account, str) else account
+        self._conn = connection
+        self._contract = connection.w3.eth.contract(abi=load_artifact().abi)
+
+    # ---- lifecycle --------------------------------------------------------------
+
+    @classmethod
+    async def connect(cls, config: ChainConfig, account: LocalAccount | str) -> Self:
+        """Checks the endpoint's chain id, and that the configured contract has code."""
+        provider = AsyncHTTPProvider(
+            config.rpc_url, request_kwargs={"timeout": aiohttp.ClientTimeout(total=config.request_timeout)}
+        )
+        w3 = AsyncWeb3(provider)
+        if config.poa_extra_data:
+            w3.middleware_onion.inject(ExtraDataToPOAMiddleware, layer=0)
+        client = cls(config, account, _Connection(w3))
+        try:
+            chain_id = int(await client.rpc("eth_chainId", []), 16)
+            if chain_id != config.chain_id:
+                raise ChainConfigError(f"{config.rpc_url} serves chain {chain_id}, configured {config.chain_id}")
+            if config.contract_address is not None:
+                code = await client.rpc("eth_getCode", [config.contract_address, "latest"])
+                if code in ("0x", "0x0", None):
+                    raise ChainConfigError(f"no contract at {config.contract_address} on chain {chain_id}")
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    @classmethod
+    async def deploy(cls, config: ChainConfig, admin: LocalAccount | str) -> Self:
+        """Deploys a new PrescriptionToken whose governance admin is `admin`; returns its client."""
+        client = await cls.connect(config.model_copy(update={"contract_address": None}), admin)
+        try:
+            receipt = await client._transact(load_artifact().bytecode, to=None)
+        except BaseException:
+            await client.close()
+            raise
+        address = to_checksum_address(receipt["contractAddress"])
+        return cls(config.model_copy(update={"contract_address": address}), client.account, client._conn)
+
+    def for_account(self, account: LocalAccount | str) -> "PrescriptionTokenClient":
+        """Another actor on the same deployment, sharing this client's connection and nonce tracking."""
+        return type(self)(self.config, account, self._conn)
+
+    async def close(self) -> None:
+        await self._conn.w3.provider.disconnect()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def address(self) -> str:
+        return self.account.address
+
+    @property
+    def contract_address(self) -> str:
+        if self.config.contract_address is None:
+            raise ChainConfigError("no contract_address configured: deploy first")
+        return self.config.contract_address
+
+    # ---- governance (admin) -----------------------------------------------------
+
+    async def add_issuer(self, account: str) -> TxResult:
+        return await self._send_call("addIssuer", to_checksum_address(account))
+
+    async def remove_issuer(self, account: str) -> TxResult:
+        return await self._send_call("removeIssuer", to_checksum_address(account))
+
+    async def add_dispenser(self, account: str) -> TxResult:
+        return await self._send_call("addDispenser", to_checksum_address(account))
+
+    async def remove_dispenser(self, account: str) -> TxResult:
+        return await self._send_call("removeDispenser", to_checksum_address(account))
+
+    async def transfer_admin(self, new_admin: str) -> TxResult:
+        """Step 1 of the hand-over; `new_admin` completes it with accept_admin."""
+        return await self._send_call("transferAdmin", to_checksum_address(new_admin))
+
+    async def accept_admin(self) -> TxResult:
+        return await self._send_call("acceptAdmin")
+
+    # ---- tokens -----------------------------------------------------------------
+
+    async def create(self, token: str, *, redemptions: int = 1, not_before: int, not_after: int) -> TxResult:
+        spec = TokenSpec(token=token, redemptions=redemptions, not_before=not_before, not_after=not_after)
+        return await self._send_call("create", spec.token, spec.redemptions, spec.not_before, spec.not_after)
+
+    async def create_batch(self, specs: Sequence[TokenSpec]) -> TxResult:
+        """All tokens in one transaction; any invalid or existing token reverts the whole batch."""
+        rows = [(s.token, s.redemptions, s.not_before, s.not_after) for s in specs]
+        return await self._send_call("createBatch", rows)
+
+    async def cancel(self, token: str) -> TxResult:
+        return await self._send_call("cancel", to_checksum_address(token))
+
+    async def spend(self, prescription_private_key: str, *, attempts: int = 3) -> TxResult:
+        """Redeems one use of the token controlled by the one-time key, as this (pharmacy) account.
+
+        Reads the remaining count, signs the authorisation for it and sends. If a concurrent spend
+        changed the count first (StaleSignature), signs again for the new count.
+        """
+        token = Account.from_key(prescription_private_key).address
+        attempt = 1
+        while True:
+            remaining = (await self.status(token)).remaining
+            signature = sign_spend(
+                prescription_private_key,
+                chain_id=self.config.chain_id,
+                contract_address=self.contract_address,
+                dispenser=self.address,
+                remaining=remaining,
+            )
+            try:
+                return await self.spend_with_signature(token, remaining, signature)
+            except StaleSignature:
+                if attempt >= attempts:
+                    raise
+                attempt += 1
+
+    async def spend_with_signature(self, token: str, expected_remaining: int, signature: bytes) -> TxResult:
+        """Sends an authorisation made elsewhere (e.g. by the patient's wallet) as this account."""
+        return await self._send_call("spend", to_checksum_address(token), expected_remaining, signature)
+
+    # ---- views ------------------------------------------------------------------
+
+    async def status(self, token: str) -> TokenStatus:
+        token = to_checksum_address(token)
+        ((issuer, remaining, not_before, not_after, cancelled),) = await self._call("getToken", token)
+        exists = int(issuer, 16) != 0
+        return TokenStatus(
+            token=token,
+            exists=exists,
+            issuer=issuer if exists else None,
+            remaining=remaining,
+            not_before=not_before,
+            not_after=not_after,
+            cancelled=cancelled,
+        )
+
+    async def is_issuer(self, account: str) -> bool:
+        return (await self._call("isIssuer", to_checksum_address(account)))[0]
+
+    async def is_dispenser(self, account: str) -> bool:
+        return (await self._call("isDispenser", to_checksum_address(account)))[0]
+
+    async def admin(self) -> str:
+        return to_checksum_address((await self._call("admin"))[0])
+
+    async def pending_admin(self) -> str | None:
+        pending = to_checksum_address((await self._call("pendingAdmin"))[0])
+        return None if int(pending, 16) == 0 else pending
+
+    async def chain_time(self) -> int:
+        """Timestamp of the latest block: validity windows are judged against block time, not the local clock."""
+        try:
+            block = await self._conn.w3.eth.get_block("latest")
+        except (aiohttp.ClientError, TimeoutError, OSError, Web3Exception) as exc:
+            raise ChainUnavailable(f"eth_getBlockByNumber at {self.config.rpc_url}: {exc!r}") from exc
+        return int(block["timestamp"])
+
+    # ---- JSON-RPC plumbing --------------------------------------------------------
+
+    async def rpc(self, method: str, params: list[Any]) -> Any:
+        """A raw JSON-RPC request; errors become typed exceptions, contract reverts decoded from their data."""
+        try:
+            response = await self._conn.w3.provider.make_request(method, params)
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError, Web3Exception) as exc:
+            raise ChainUnavailable(f"{method} at {self.config.rpc_url}: {exc!r}") from exc
+        if (error := response.get("error")) is not None:
+            if not isinstance(error, dict):
+                raise RpcError(method, None, str(error))
+            data = _revert_data(error.get("data"))
+            if data is not None and (decoded := decode_revert(data)) is not None:
+                raise decoded
+            raise RpcError(method, error.get("code"), str(error.get("message", "")), error.get("data"))
+        if "result" not in response:
+            raise ChainUnavailable(f"{method} at {self.config.rpc_url}: response without result")
+        return response["result"]
+
+    async def _call(self, fn: str, *args: Any) -> tuple[Any, ...]:
+        data = self._contract.encode_abi(fn, args=args)
+        result = await self.rpc("eth_call", [{"to": self.contract_address, "data": data}, "latest"])
+        return tuple(abi_decode(_output_types(fn), bytes.fromhex(result[2:])))
+
+    async def _send_call(self, fn: str, *args: Any) -> TxResult:
+        receipt = await self._transact(self._contract.encode_abi(fn, args=args), to=self.contract_address)
+        return TxResult(
+            tx_hash=receipt["transactionHash"],
+            block_number=int(receipt["blockNumber"], 16),
+            gas_used=int(receipt["gasUsed"], 16),
+        )
+
+    async def _transact(self, data: str, *, to: str | None) -> dict[str, Any]:
+        call: dict[str, Any] = {"from": self.address, "data": data}
+        if to is not None:
+            call["to"] = to
+        gas_price = self.config.gas_price_wei
+        if gas_price is None:
+            gas_price = int(await self.rpc("eth_gasPrice", []), 16)
+        if gas_price:
+            call["gasPrice"] = hex(gas_price)  # so the estimate also checks the sender can pay
+        # The estimate doubles as a preflight: a revert raises its typed error before anything is sent.
+        estimate = int(await self.rpc("eth_estimateGas", [call]), 16)
+        gas = int(estimate * self.config.gas_margin)
+        tx: dict[str, Any] = {
+            "chainId": self.config.chain_id,
+            "gas": gas,
+            "gasPrice": gas_price,
+            "value": 0,
+            "data": data,
+        }
+        if to is not None:
+            tx["to"] = to
+        tx_hash = await self._send_raw(tx)
+        receipt = await self._wait_for_receipt(tx_hash)
+        if int(receipt["status"], 16) != 1:
+            await self._raise_revert_reason(call | {"gas": hex(gas)}, receipt)
+        return receipt
+
+    async def _send_raw(self, tx: dict[str, Any]) -> str:
+        """Assigns the sender's next nonce and sends; serialised per sender so nonces never collide.
+
+        Only the send is under the lock, not the wait for mining, so many transactions of one
+        account are in flight at once. After a failed send the nonce is re-read from the node.
+        """
+        slot = self._conn.nonces[self.address]
+        async with slot.lock:
+            retried = False
+            while True:
+                if slot.next is None:
+                    slot.next = int(await self.rpc("eth_getTransactionCount", [self.address, "pending"]), 16)
+                raw = self.account.sign_transaction(tx | {"nonce": slot.next}).raw_transaction
+                try:
+                    tx_hash = await self.rpc("eth_sendRawTransaction", [raw.to_0x_hex()])
+                except RpcError:
+                    # Most likely another process used this account: one retry with a fresh nonce.
+                    slot.next = None
+                    if retried:
+                        raise
+                    retried = True
+                    continue
+                except ChainError:
+                    slot.next = None  # unknown whether the node took it: do not resend blindly
+                    raise
+                slot.next += 1
+                return tx_hash
+
+    async def _wait_for_receipt(self, tx_hash: str) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.tx_timeout
+        while (receipt := await self.rpc("eth_getTransactionReceipt", [tx_hash])) is None:
+            if loop.time() > deadline:
+                # The transaction may have been dropped, leaving a nonce gap: re-read before the next send.
+                self._conn.nonces[self.address].next = None
+                raise TransactionTimeout(tx_hash, self.config.tx_timeout)
+            await asyncio.sleep(self.config.poll_interval)
+        return receipt
+
+    async def _raise_revert_reason(self, call: dict[str, Any], receipt: dict[str, Any]) -> None:
+        # Mined receipts carry no revert data on most nodes: replay on the state the block left
+        # behind, which is what the transaction lost against (e.g. another pharmacy's spend).
+        try:
+            await self.rpc("eth_call", [call, receipt["blockNumber"]])
+        except ContractError as exc:
+            exc.tx_hash = receipt["transactionHash"]
+            raise
+        except RpcError as exc:
+            raise TransactionReverted(receipt["transactionHash"]) from exc
+        raise TransactionReverted(receipt["transactionHash"])
