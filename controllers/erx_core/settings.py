@@ -12,7 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -45,8 +45,12 @@ class ChainSettings(BaseModel):
     # 1 s blocks mirror IBFT/QBFT; None switches to automine (faster tests, not production-like).
     block_time_s: float | None = 1.0
     # Permissioned networks set the block gas limit in genesis; the default 30M caps throughput.
-    gas_limit: int = 1_000_000_000
+    gas_limit: int = 10_000_000_000
     tx_timeout_s: float = 30.0
+    # The node dumps its state this often (whole seconds), so a crash loses at most this much.
+    state_interval_s: int = 5
+    # Dev default: the public test mnemonic. Accounts derive per role (authority, doctors, pharmacies).
+    dev_mnemonic: SecretStr = SecretStr("test test test test test test test test test test test junk")
 
 
 class TailsSettings(BaseModel):

@@ -1,0 +1,113 @@
+"""`erx`: the project's front door (up, status, down, reset, demo, test).
+
+Run through the `./erx` script at the repository root, which first creates the Python environment
+and npm packages this module needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+
+from pydantic import ValidationError
+
+from erx_core.network import Network, SetupError, status_json
+from erx_core.processes import PortInUse
+from erx_core.progress import Progress
+from erx_core.settings import REPO_ROOT, Settings
+
+
+def _network(progress: Progress | None = None) -> Network:
+    return Network(Settings(), progress or Progress())
+
+
+def cmd_up(args) -> int:
+    net = _network()
+    asyncio.run(net.up())
+    print(f"state: {net.paths.home}   status: ./erx status   stop: ./erx down")
+    return 0
+
+
+def cmd_status(args) -> int:
+    status = asyncio.run(_network().status())
+    if args.json:
+        print(status_json(status))
+    else:
+        for name, comp in status.components.items():
+            print(f"{'ok ' if comp.healthy else 'DOWN'}  {name:<16} {comp.detail}")
+    return 0 if status.healthy else 1
+
+
+def cmd_down(args) -> int:
+    stopped = _network().down()
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0
+
+
+def cmd_reset(args) -> int:
+    net = _network()
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print(f"refusing to wipe {net.paths.home} without --yes", file=sys.stderr)
+            return 2
+        if input(f"Wipe all ledgers, wallets and keys under {net.paths.home}? [y/N] ").strip().lower() != "y":
+            return 1
+    net.reset()
+    print(f"wiped {net.paths.home} (installed environments kept)")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from erx_core.demo import run_demo
+    return asyncio.run(run_demo(Settings(), as_json=args.json))
+
+
+def cmd_test(args) -> int:
+    # Setup the tests need that the ./erx script does not do: the Indy node environment.
+    from erx_indy.node_venv import ensure_node_venv
+    settings = Settings()
+    ensure_node_venv(settings.paths.node_venv, settings.pool.base_python, Progress())
+    cmd = [sys.executable, "-m", "pytest", *args.pytest_args]
+    return subprocess.call(cmd, cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="erx", description="Decentralised e-prescriptions: local network and tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start the Indy pool, EVM node, tails server and agents; wait until healthy"
+                   ).set_defaults(func=cmd_up)
+    p = sub.add_parser("status", help="health of every component")
+    p.add_argument("--json", action="store_true", help="stable machine-readable output")
+    p.set_defaults(func=cmd_status)
+    sub.add_parser("down", help="stop everything that was started (data is kept)").set_defaults(func=cmd_down)
+    p = sub.add_parser("reset", help="stop everything and wipe all state")
+    p.add_argument("--yes", action="store_true", help="do not ask")
+    p.set_defaults(func=cmd_reset)
+    p = sub.add_parser("demo", help="bring the network up and run the end-to-end prescription flow")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("test", help="set up and run the test suite (extra arguments go to pytest)")
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_test)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValidationError as exc:
+        print(f"erx: bad configuration (ERX_* environment variables):\n{exc}", file=sys.stderr)
+    except (SetupError, PortInUse) as exc:
+        print(f"erx: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("erx: interrupted", file=sys.stderr)
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

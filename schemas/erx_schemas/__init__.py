@@ -1,0 +1,1 @@
+"""The prescription credential: its AnonCreds schema, typed model, proof request and refusal reasons."""
