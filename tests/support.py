@@ -15,14 +15,16 @@ def _ports(n: int) -> list[int]:
 
 def isolated_settings(home, *, block_time_s: float | None = 1.0) -> Settings:
     """Settings for a private network under `home`, on ports nobody else uses right now."""
-    p = _ports(8 + 2 + 9)
+    p = _ports(8 + 2 + 12)
     agents = [
         AgentSettings(name="doctor", role="doctor", label="Test Doctor", inbound_port=p[10], admin_port=p[11],
                       controller_port=p[12]),
         AgentSettings(name="pharmacy", role="pharmacy", label="Test Pharmacy", inbound_port=p[13],
                       admin_port=p[14], controller_port=p[15]),
-        AgentSettings(name="patient", role="patient", label="Test Patient", inbound_port=p[16], admin_port=p[17],
-                      controller_port=p[18], public_did=False),
+        AgentSettings(name="pharmacy-b", role="pharmacy", label="Test Pharmacy B", inbound_port=p[16],
+                      admin_port=p[17], controller_port=p[18]),
+        AgentSettings(name="patient", role="patient", label="Test Patient", inbound_port=p[19], admin_port=p[20],
+                      controller_port=p[21], public_did=False),
     ]
     return Settings(
         home=home,

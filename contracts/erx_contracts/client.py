@@ -20,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
+from collections.abc import Awaitable, Callable
 from typing import Any, Self
 
 import aiohttp
@@ -44,6 +45,7 @@ from erx_contracts.errors import (
     RpcError,
     StaleSignature,
     TransactionReverted,
+    TransactionDropped,
     TransactionTimeout,
     decode_revert,
 )
@@ -143,6 +145,18 @@ def sign_spend(
         remaining=remaining,
     )
     return bytes(signer.sign_message(encode_typed_data(full_message=message)).signature)
+
+
+# Awaited with (tx_hash, raw signed transaction) before a transaction is sent.
+Journal = Callable[[str, str], Awaitable[None]]
+
+
+def _tx_result(receipt: dict[str, Any]) -> TxResult:
+    return TxResult(
+        tx_hash=receipt["transactionHash"],
+        block_number=int(receipt["blockNumber"], 16),
+        gas_used=int(receipt["gasUsed"], 16),
+    )
 
 
 @dataclass
@@ -286,11 +300,16 @@ class PrescriptionTokenClient:
     async def cancel(self, token: str) -> TxResult:
         return await self._send_call("cancel", to_checksum_address(token))
 
-    async def spend(self, prescription_private_key: str, *, attempts: int = 3) -> TxResult:
+    async def spend(self, prescription_private_key: str, *, attempts: int = 3,
+                    journal: Journal | None = None) -> TxResult:
         """Redeems one use of the token controlled by the one-time key, as this (pharmacy) account.
 
         Reads the remaining count, signs the authorisation for it and sends. If a concurrent spend
         changed the count first (StaleSignature), signs again for the new count.
+
+        `journal(tx_hash, raw_tx)` is awaited with the signed transaction before it is sent, so a
+        caller that records it durably can finish the spend after a crash with `resume()` instead of
+        spending twice or losing it.
         """
         token = Account.from_key(prescription_private_key).address
         attempt = 1
@@ -304,7 +323,7 @@ class PrescriptionTokenClient:
                 remaining=remaining,
             )
             try:
-                return await self.spend_with_signature(token, remaining, signature)
+                return await self._send_call("spend", token, remaining, signature, journal=journal)
             except StaleSignature:
                 if attempt >= attempts:
                     raise
@@ -375,15 +394,32 @@ class PrescriptionTokenClient:
         result = await self.rpc("eth_call", [{"to": self.contract_address, "data": data}, "latest"])
         return tuple(abi_decode(_output_types(fn), bytes.fromhex(result[2:])))
 
-    async def _send_call(self, fn: str, *args: Any) -> TxResult:
-        receipt = await self._transact(self._contract.encode_abi(fn, args=args), to=self.contract_address)
-        return TxResult(
-            tx_hash=receipt["transactionHash"],
-            block_number=int(receipt["blockNumber"], 16),
-            gas_used=int(receipt["gasUsed"], 16),
-        )
+    async def _send_call(self, fn: str, *args: Any, journal: Journal | None = None) -> TxResult:
+        receipt = await self._transact(self._contract.encode_abi(fn, args=args), to=self.contract_address,
+                                       journal=journal)
+        return _tx_result(receipt)
 
-    async def _transact(self, data: str, *, to: str | None) -> dict[str, Any]:
+    async def resume(self, tx_hash: str, raw_tx: str) -> TxResult:
+        """Finishes a journaled transaction after a crash: sends it again (a no-op if the node has it),
+        waits for its receipt and raises its typed error if it reverted.
+
+        Raises TransactionDropped if it was never mined and never can be (its nonce is used), so the
+        caller knows nothing happened on chain.
+        """
+        try:
+            await self.rpc("eth_sendRawTransaction", [raw_tx])
+        except RpcError:
+            pass  # "already known", or "nonce too low": mined, or replaced by another transaction
+        if await self.rpc("eth_getTransactionByHash", [tx_hash]) is None:
+            raise TransactionDropped(tx_hash)
+        receipt = await self._wait_for_receipt(tx_hash)
+        if int(receipt["status"], 16) != 1:
+            tx = await self.rpc("eth_getTransactionByHash", [tx_hash])
+            call = {"from": tx["from"], "to": tx["to"], "data": tx["input"], "gas": tx["gas"]}
+            await self._raise_revert_reason(call, receipt)
+        return _tx_result(receipt)
+
+    async def _transact(self, data: str, *, to: str | None, journal: Journal | None = None) -> dict[str, Any]:
         call: dict[str, Any] = {"from": self.address, "data": data}
         if to is not None:
             call["to"] = to
@@ -404,13 +440,13 @@ class PrescriptionTokenClient:
         }
         if to is not None:
             tx["to"] = to
-        tx_hash = await self._send_raw(tx)
+        tx_hash = await self._send_raw(tx, journal)
         receipt = await self._wait_for_receipt(tx_hash)
         if int(receipt["status"], 16) != 1:
             await self._raise_revert_reason(call | {"gas": hex(gas)}, receipt)
         return receipt
 
-    async def _send_raw(self, tx: dict[str, Any]) -> str:
+    async def _send_raw(self, tx: dict[str, Any], journal: Journal | None = None) -> str:
         """Assigns the sender's next nonce and sends; serialised per sender so nonces never collide.
 
         Only the send is under the lock, not the wait for mining, so many transactions of one
@@ -422,9 +458,11 @@ class PrescriptionTokenClient:
             while True:
                 if slot.next is None:
                     slot.next = int(await self.rpc("eth_getTransactionCount", [self.address, "pending"]), 16)
-                raw = self.account.sign_transaction(tx | {"nonce": slot.next}).raw_transaction
+                signed = self.account.sign_transaction(tx | {"nonce": slot.next})
+                if journal is not None:
+                    await journal(signed.hash.to_0x_hex(), signed.raw_transaction.to_0x_hex())
                 try:
-                    tx_hash = await self.rpc("eth_sendRawTransaction", [raw.to_0x_hex()])
+                    tx_hash = await self.rpc("eth_sendRawTransaction", [signed.raw_transaction.to_0x_hex()])
                 except RpcError:
                     # Most likely another process used this account: one retry with a fresh nonce.
                     slot.next = None

@@ -39,6 +39,14 @@ class TransactionTimeout(ChainError):
         self.tx_hash = tx_hash
 
 
+class TransactionDropped(ChainError):
+    """A journaled transaction was never mined and can no longer be (its nonce was used by another)."""
+
+    def __init__(self, tx_hash: str) -> None:
+        super().__init__(f"transaction {tx_hash} was dropped: its nonce is taken and it was never mined")
+        self.tx_hash = tx_hash
+
+
 class TransactionReverted(ChainError):
     """A mined transaction failed and replaying it yields no decodable reason (e.g. out of gas)."""
 

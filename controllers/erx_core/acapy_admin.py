@@ -121,3 +121,94 @@ class AcaPyAdmin:
             if exc.status in (400, 404):
                 return None
             raise
+
+    # -- connections (out-of-band 1.1 + DID Exchange 1.1) ----------------------------------
+    async def create_invitation(self, *, alias: str | None = None, handshake: bool = True,
+                                attachments: list[dict] | None = None, multi_use: bool = False) -> Invitation:
+        body: dict[str, Any] = {"alias": alias} if alias else {}
+        if handshake:
+            body |= {"handshake_protocols": ["https://didcomm.org/didexchange/1.1"], "use_did_method": "did:peer:4"}
+        if attachments:
+            body["attachments"] = attachments
+        record = await self.post("/out-of-band/create-invitation", body, auto_accept="true",
+                                 multi_use="true" if multi_use else "false")
+        return Invitation.model_validate(record)
+
+    async def receive_invitation(self, invitation: dict, *, alias: str | None = None) -> dict:
+        params = {"auto_accept": "true"} | ({"alias": alias} if alias else {})
+        return await self.post("/out-of-band/receive-invitation", invitation, **params)
+
+    async def connection(self, connection_id: str) -> dict:
+        return await self.get(f"/connections/{connection_id}")
+
+    # -- issue-credential 2.0 (AnonCreds) -------------------------------------------------
+    async def send_offer(self, connection_id: str, cred_def_id: str, attributes: dict[str, str],
+                         comment: str | None = None) -> dict:
+        body = {
+            "connection_id": connection_id,
+            "comment": comment,
+            "auto_remove": False,
+            # issue as soon as the holder's request arrives: the offer already was the doctor's decision
+            "auto_issue": True,
+            "credential_preview": {
+                "@type": "issue-credential/2.0/credential-preview",
+                "attributes": [{"name": k, "value": v} for k, v in attributes.items()],
+            },
+            "filter": {"anoncreds": {"cred_def_id": cred_def_id}},
+        }
+        return await self.post("/issue-credential-2.0/send-offer", body)
+
+    async def credential_exchange(self, cred_ex_id: str) -> dict:
+        return await self.get(f"/issue-credential-2.0/records/{cred_ex_id}")
+
+    async def send_credential_request(self, cred_ex_id: str) -> dict:
+        return await self.post(f"/issue-credential-2.0/records/{cred_ex_id}/send-request", {})
+
+    async def credentials(self) -> list[dict]:
+        return (await self.get("/credentials"))["results"]
+
+    # -- present-proof 2.0 (AnonCreds) ----------------------------------------------------
+    async def send_proof_request(self, connection_id: str, proof_request: dict) -> dict:
+        body = {"connection_id": connection_id, "presentation_request": {"anoncreds": proof_request},
+                "auto_verify": False, "auto_remove": False}
+        return await self.post("/present-proof-2.0/send-request", body)
+
+    async def create_proof_request(self, proof_request: dict) -> dict:
+        """A request not bound to a connection, to attach to an out-of-band invitation (QR code)."""
+        body = {"presentation_request": {"anoncreds": proof_request}, "auto_verify": False, "auto_remove": False}
+        return await self.post("/present-proof-2.0/create-request", body)
+
+    async def presentation_exchange(self, pres_ex_id: str) -> dict:
+        return await self.get(f"/present-proof-2.0/records/{pres_ex_id}")
+
+    async def verify_presentation(self, pres_ex_id: str) -> dict:
+        return await self.post(f"/present-proof-2.0/records/{pres_ex_id}/verify-presentation", {})
+
+    async def credentials_for_request(self, pres_ex_id: str) -> list[dict]:
+        return await self.get(f"/present-proof-2.0/records/{pres_ex_id}/credentials")
+
+    async def send_presentation(self, pres_ex_id: str, anoncreds: dict) -> dict:
+        return await self.post(f"/present-proof-2.0/records/{pres_ex_id}/send-presentation",
+                               {"anoncreds": anoncreds, "auto_remove": False})
+
+    async def problem_report(self, pres_ex_id: str, description: str) -> None:
+        await self.post(f"/present-proof-2.0/records/{pres_ex_id}/problem-report", {"description": description})
+
+    # -- revocation -----------------------------------------------------------------------
+    async def revoke(self, rev_reg_id: str, cred_rev_id: str, *, connection_id: str | None = None,
+                     thread_id: str | None = None, comment: str | None = None) -> dict:
+        body: dict[str, Any] = {"rev_reg_id": rev_reg_id, "cred_rev_id": cred_rev_id, "publish": True}
+        if connection_id and thread_id:  # tell the holder's wallet (revocation notification 2.0)
+            body |= {"notify": True, "notify_version": "v1_0", "connection_id": connection_id,
+                     "thread_id": thread_id, "comment": comment or "revoked by the prescriber"}
+        else:
+            body["notify"] = False
+        return await self.post("/anoncreds/revocation/revoke", body)
+
+
+class Invitation(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    invi_msg_id: str
+    invitation_url: str
+    invitation: dict
+    oob_id: str | None = None

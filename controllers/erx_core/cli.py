@@ -90,13 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("test", help="set up and run the test suite (extra arguments go to pytest)")
-    p.add_argument("pytest_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_test)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["test"]:  # everything after `test` belongs to pytest, options included
+        args = build_parser().parse_args(["test"])
+        args.pytest_args = argv[1:]
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except ValidationError as exc:

@@ -1,25 +1,110 @@
-"""`erx demo`: bring the network up if needed, then check every component end to end.
+"""`erx demo`: bring the network up if needed, then run the prescription flow end to end.
 
-The prescription flow (doctor issues, patient holds, pharmacy redeems) is added on top of this in
-the end-to-end issue; until then the demo is the network smoke check.
+onboarding → connect → issue (2 redemptions) → redeem at pharmacy A → redeem at pharmacy B →
+third attempt refused (already redeemed) → issue another → revoke it → presentation refused (revoked).
+
+Everything goes through the controllers' APIs, as a practice system, a pharmacy system and a
+wallet would. Exit code 0 only if every step ended as the scenario expects.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 
 from erx_core.network import Network
 from erx_core.progress import Progress
 from erx_core.settings import Settings
 
+# (step name, expected outcome, expected refusal reason)
+EXPECTED = [
+    ("onboarding", "ok", None),
+    ("connect", "ok", None),
+    ("issue prescription (2 redemptions)", "ok", None),
+    ("redeem at pharmacy A", "ok", None),
+    ("redeem at pharmacy B", "ok", None),
+    ("third redemption attempt at pharmacy A", "refused", "already_redeemed"),
+    ("issue another prescription", "ok", None),
+    ("revoke it", "ok", None),
+    ("present the revoked prescription", "refused", "revoked"),
+]
+
+
+async def run_flow(network: Network, log=print) -> list:
+    from erx_roles.scenario import Scenario, check_outcome, sample_order, timed
+
+    names = {a.role: [] for a in network.settings.agents}
+    for a in network.settings.agents:
+        names[a.role].append(a.name)
+    doctor, patient = names["doctor"][0], names["patient"][0]
+    pharmacy_a, pharmacy_b = names["pharmacy"][0], names["pharmacy"][-1]
+    s = Scenario(network)
+    steps = []
+
+    def record(step) -> None:
+        steps.append(step)
+        mark = "ok " if step.outcome == "ok" else step.outcome.upper()
+        extra = f" reason={step.reason}" if step.reason else ""
+        extra += f" tx={step.tx_hash}" if step.tx_hash else ""
+        log(f"{len(steps)}. {step.name:<42} {mark}{extra}  ({step.seconds:.2f} s) {step.detail}".rstrip())
+
+    try:
+        step, cred_def_id = await timed("onboarding", s.onboard(doctor, [pharmacy_a, pharmacy_b]),
+                                        lambda r: ("ok", None, None, f"trusted prescriber {r}"))
+        record(step)
+        step, connection_id = await timed("connect", s.connect(doctor, patient),
+                                          lambda r: ("ok", None, None, f"connection {r}"))
+        record(step)
+
+        def issued(p):
+            return ("ok" if p["state"] == "issued" else p["state"], None, p.get("token_tx"),
+                    f"prescription {p['prescription_id']}, token {p['token_address']}")
+
+        step, first = await timed("issue prescription (2 redemptions)",
+                                  s.issue(doctor, connection_id, sample_order(redemptions=2)), issued)
+        record(step)
+        first_cred = await s.credential_for(patient, first["prescription_id"])
+        for name, pharmacy in [("redeem at pharmacy A", pharmacy_a), ("redeem at pharmacy B", pharmacy_b),
+                               ("third redemption attempt at pharmacy A", pharmacy_a)]:
+            step, _ = await timed(name, s.redeem(pharmacy, patient, first_cred), check_outcome)
+            record(step)
+
+        step, second = await timed("issue another prescription",
+                                   s.issue(doctor, connection_id, sample_order(
+                                       redemptions=1, medication={"name": "Amoxicillin", "code": "J01CA04",
+                                                                  "code_system": "ATC", "strength": "500 mg",
+                                                                  "form": "capsule"})), issued)
+        record(step)
+        second_cred = await s.credential_for(patient, second["prescription_id"])
+        step, _ = await timed("revoke it", s.revoke(doctor, second["prescription_id"]),
+                              lambda p: ("ok" if p["state"] == "revoked" else p["state"], None, p.get("revoke_tx"),
+                                         "credential revoked, token cancelled"))
+        record(step)
+        step, _ = await timed("present the revoked prescription", s.redeem(pharmacy_a, patient, second_cred),
+                              check_outcome)
+        record(step)
+    finally:
+        await s.close()
+    return steps
+
+
+def as_expected(steps) -> bool:
+    got = [(st.name, st.outcome, st.reason) for st in steps]
+    return got == EXPECTED
+
 
 async def run_demo(settings: Settings, as_json: bool = False) -> int:
-    net = Network(settings, Progress())
+    progress = Progress()
+    net = Network(settings, progress)
     await net.up()
-    status = await net.status()
+    log = (lambda line: print(line, file=sys.stderr)) if as_json else print
+    log("\nThe prescription flow:")
+    steps = await run_flow(net, log)
+    ok = as_expected(steps)
     if as_json:
-        print(json.dumps(status.model_dump(mode="json"), indent=2))
+        print(json.dumps({"ok": ok, "steps": [st.model_dump(exclude={"detail"}) | {"detail": st.detail}
+                                              for st in steps]}, indent=2))
     else:
-        for name, comp in status.components.items():
-            print(f"{'ok ' if comp.healthy else 'DOWN'}  {name:<16} {comp.detail}")
-    return 0 if status.healthy else 1
+        total = sum(st.seconds for st in steps)
+        print(f"\n{'every step ended as expected' if ok else 'UNEXPECTED OUTCOME'}; flow took {total:.1f} s")
+    return 0 if ok else 1

@@ -70,16 +70,17 @@ class EventBus:
 
     async def publish(self, topic: str, payload: Payload) -> None:
         self._recent.append((topic, payload))
-        for waiter in list(self._waiters):
-            if waiter.topic == topic and not waiter.future.done() and _matches(waiter.predicate, payload):
-                waiter.future.set_result(payload)
-                self._waiters.discard(waiter)
+        # Subscribers first: whoever awaits an event then sees the state the subscribers recorded.
         for wanted, handler in self._handlers:
             if wanted in (topic, "*"):
                 try:
                     await handler(topic, payload)
                 except Exception:  # one failing subscriber must not stop the others or the webhook
                     LOG.exception("event handler for %s failed", topic)
+        for waiter in list(self._waiters):
+            if waiter.topic == topic and not waiter.future.done() and _matches(waiter.predicate, payload):
+                waiter.future.set_result(payload)
+                self._waiters.discard(waiter)
 
 
 def _matches(predicate: Predicate, payload: Payload) -> bool:

@@ -30,6 +30,7 @@ from erx_core.settings import AgentSettings, Settings
 from erx_indy.ledger import IndyLedger, did_from_seed
 from erx_indy.node_venv import ensure_node_venv
 from erx_indy.pool import init_pool, node_processes
+from erx_schemas.prescription import ATTRIBUTES, SCHEMA_NAME, SCHEMA_VERSION
 
 
 class SetupError(RuntimeError):
@@ -68,6 +69,10 @@ class TailsStatus(ComponentStatus):
 class AgentStatus(ComponentStatus):
     admin_url: str
     public_did: str | None = None
+
+
+class ControllerStatus(ComponentStatus):
+    url: str
 
 
 class NetworkStatus(BaseModel):
@@ -168,6 +173,15 @@ class Network:
                            log_file=self.paths.logs / f"agent-{agent.name}.log",
                            ports=[agent.inbound_port, agent.admin_port])
 
+    def controller_spec(self, agent: AgentSettings) -> ProcessSpec:
+        return ProcessSpec(name=f"controller-{agent.name}",
+                           argv=[sys.executable, "-m", "erx_roles.serve", "--agent", agent.name,
+                                 "--settings", str(self.paths.settings)],
+                           log_file=self.paths.logs / f"controller-{agent.name}.log", ports=[agent.controller_port])
+
+    def controller_url(self, agent_name: str) -> str:
+        return self.settings.url(self.settings.agent(agent_name).controller_port)
+
     def admin(self, agent_name: str) -> AcaPyAdmin:
         agent = self.settings.agent(agent_name)
         return AcaPyAdmin(self.settings.url(agent.admin_port), self.secrets.admin_api_key(agent.name))
@@ -175,6 +189,14 @@ class Network:
     @property
     def trustee_seed(self) -> str:
         return self.secrets.seed("pool-trustee").get_secret_value()
+
+    @property
+    def prescription_schema_id(self) -> str:
+        """The national prescription schema, published by the health authority."""
+        if self.settings.prescription_schema_id:
+            return self.settings.prescription_schema_id
+        did, _ = did_from_seed(self.secrets.seed(self.settings.authority_name).get_secret_value())
+        return f"{did}:2:{SCHEMA_NAME}:{SCHEMA_VERSION}"
 
     def organisations(self) -> list[str]:
         """Everyone who needs a public DID: the health authority and every organisation's agent."""
@@ -191,6 +213,7 @@ class Network:
         await asyncio.gather(self._start_pool(), self._start_chain(), self._start_tails())
         await asyncio.gather(self._onboard_organisations(), self._deploy_token_contract())
         await asyncio.gather(*(self._start_agent(a) for a in self.settings.agents))
+        await asyncio.gather(*(self._start_controller(a) for a in self.settings.agents))
         self.progress("network is up")
 
     def _preflight(self) -> None:
@@ -200,6 +223,7 @@ class Network:
                 f"(pyenv install 3.8.18) or set ERX_POOL__BASE_PYTHON to a 3.8 interpreter.")
         for d in (self.paths.home, self.paths.logs, self.paths.chain, self.paths.tails, self.paths.agents):
             d.mkdir(parents=True, exist_ok=True)
+        self.settings.save(self.paths.settings)
 
     def _init_pool(self) -> None:
         p = self.settings.pool
@@ -273,8 +297,16 @@ class Network:
                 if await ledger.get_nym(did, require_state_proof=False) is None:
                     await ledger.write_nym(self.trustee_seed, did, verkey, role="ENDORSER", alias=org)
                     self.progress(f"indy pool: {org} DID {did} written as ENDORSER")
+            await self._publish_prescription_schema(ledger)
         finally:
             await ledger.close()
+
+    async def _publish_prescription_schema(self, ledger: IndyLedger) -> None:
+        if self.settings.prescription_schema_id or await ledger.get_schema(self.prescription_schema_id):
+            return
+        seed = self.secrets.seed(self.settings.authority_name).get_secret_value()
+        schema_id = await ledger.write_schema(seed, SCHEMA_NAME, SCHEMA_VERSION, ATTRIBUTES)
+        self.progress(f"indy pool: health authority published the prescription schema {schema_id}")
 
     async def _deploy_token_contract(self) -> None:
         """Deploy the token contract once (the health authority is its admin) and grant roles:
@@ -308,10 +340,24 @@ class Network:
         self.progress(f"agent-{agent.name}: ready at {self.settings.url(agent.admin_port)}"
                       + (f", public DID {did.did}" if did else ""))
 
+    async def _start_controller(self, agent: AgentSettings) -> None:
+        spec = self.controller_spec(agent)
+        await self._start(spec)
+        await self._until([spec], lambda: self._http_ok(f"{self.controller_url(agent.name)}/health"), 60,
+                          f"controller {agent.name}")
+        self.progress(f"controller-{agent.name}: serving at {self.controller_url(agent.name)}")
+
+    @staticmethod
+    async def _http_ok(url: str) -> bool:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            async with http.get(url) as resp:
+                return resp.status == 200
+
     # -- down / reset ---------------------------------------------------------------------
     def down(self) -> list[str]:
         """Stop every process this network started (agents first, the pool last). Data is kept."""
-        order = ([f"agent-{a.name}" for a in self.settings.agents] + ["tails", "chain"]
+        order = ([f"controller-{a.name}" for a in self.settings.agents]
+                 + [f"agent-{a.name}" for a in self.settings.agents] + ["tails", "chain"]
                  + [f"indy-Node{i}" for i in range(1, len(self.settings.pool.node_ports) + 1)])
         stopped = [name for name in order if self.supervisor.stop(name, timeout_s=20)]
         # anything else recorded (e.g. a component removed from the settings since) goes too
@@ -331,8 +377,10 @@ class Network:
     async def status(self) -> NetworkStatus:
         results = await asyncio.gather(
             self._pool_status(), self._chain_status(), self._tails_status(),
-            *(self._agent_status(a) for a in self.settings.agents))
-        names = ["indy-pool", "chain", "tails"] + [f"agent-{a.name}" for a in self.settings.agents]
+            *(self._agent_status(a) for a in self.settings.agents),
+            *(self._controller_status(a) for a in self.settings.agents))
+        names = (["indy-pool", "chain", "tails"] + [f"agent-{a.name}" for a in self.settings.agents]
+                 + [f"controller-{a.name}" for a in self.settings.agents])
         components = dict(zip(names, results))
         return NetworkStatus(healthy=all(c.healthy for c in components.values()), components=components)
 
@@ -397,6 +445,15 @@ class Network:
             return AgentStatus(healthy=False, admin_url=admin_url, detail="ready, but has no public DID")
         return AgentStatus(healthy=True, admin_url=admin_url, public_did=did.did if did else None,
                            detail="ready" + (f", public DID {did.did}" if did else " (holder, no public DID)"))
+
+
+    async def _controller_status(self, agent: AgentSettings) -> ControllerStatus:
+        url = self.controller_url(agent.name)
+        try:
+            ok = await self._http_ok(f"{url}/health")
+        except Exception as exc:
+            return ControllerStatus(healthy=False, url=url, detail=f"not answering: {exc or type(exc).__name__}")
+        return ControllerStatus(healthy=ok, url=url, detail=f"{agent.role} controller serving" if ok else "unhealthy")
 
 
 def _tail(path: Path, lines: int = 15) -> str:

@@ -64,3 +64,7 @@ class SecretStore:
 
     def webhook_key(self, agent: str) -> SecretStr:
         return self.get(f"webhook-key:{agent}")
+
+    def controller_api_key(self, agent: str) -> SecretStr:
+        """Bearer token of the controller's JSON API."""
+        return self.get(f"controller-api-key:{agent}")

@@ -8,6 +8,8 @@ are generated on first use and kept under the state directory (see `erx_core.sec
 
 from __future__ import annotations
 
+import json
+import os
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -79,6 +81,8 @@ def _default_agents() -> list[AgentSettings]:
                       inbound_port=8020, admin_port=8021, controller_port=8022),
         AgentSettings(name="pharmacy", role="pharmacy", label="Pharmacy A (dev)",
                       inbound_port=8030, admin_port=8031, controller_port=8032),
+        AgentSettings(name="pharmacy-b", role="pharmacy", label="Pharmacy B (dev)",
+                      inbound_port=8050, admin_port=8051, controller_port=8052),
         AgentSettings(name="patient", role="patient", label="Patient wallet (dev)",
                       inbound_port=8040, admin_port=8041, controller_port=8042, public_did=False),
     ]
@@ -98,6 +102,9 @@ class Settings(BaseSettings):
     # The health authority is an organisation without an agent: it governs the token contract and
     # may publish the national prescription schema.
     authority_name: str = "health-authority"
+    # In production: the national prescription schema's id. Unset in development, where the local
+    # health authority publishes it during `erx up`.
+    prescription_schema_id: str | None = None
 
     @model_validator(mode="after")
     def _ports_do_not_collide(self) -> Settings:
@@ -128,6 +135,23 @@ class Settings(BaseSettings):
     def paths(self) -> StatePaths:
         return StatePaths(self.home, self.venvs)
 
+    def save(self, path: Path) -> None:
+        """Write these settings (secret values included, mode 0600) for processes started from them."""
+        def reveal(value):
+            if isinstance(value, SecretStr):
+                return value.get_secret_value()
+            if isinstance(value, Path):
+                return str(value)
+            raise TypeError(f"cannot serialise {type(value).__name__}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(self.model_dump(mode="python"), fh, default=reveal, indent=2)
+
+    @classmethod
+    def load(cls, path: Path) -> Settings:
+        return cls.model_validate_json(path.read_text())
+
     def agent(self, name: str) -> AgentSettings:
         for a in self.agents:
             if a.name == name:
@@ -152,6 +176,8 @@ class StatePaths:
         self.tails = home / "tails"      # tails files served by the tails server
         self.agents = home / "agents"    # one ACAPY_HOME (wallets) per agent
         self.secrets = home / "secrets.json"
+        self.settings = home / "settings.json"  # what the running network was started with
+        self.controllers = home / "controllers"  # one SQLite file of records per controller
 
     def agent_home(self, name: str) -> Path:
         return self.agents / name

@@ -211,6 +211,26 @@ class IndyLedger:
         meta = result["txnMetadata"]
         return NymWriteResult(did=did, seq_no=meta["seqNo"], txn_time=_from_epoch(meta["txnTime"]))
 
+    async def write_schema(self, submitter_seed: str | bytes, name: str, version: str,
+                           attributes: list[str]) -> str:
+        """Publish an AnonCreds schema under the submitter's DID (ENDORSER or above); returns its id."""
+        submitter = _signing_key(submitter_seed)
+        submitter_did, _ = did_from_seed(submitter_seed)
+        schema_id = f"{submitter_did}:2:{name}:{version}"
+        schema = {"ver": "1.0", "id": schema_id, "name": name, "version": version, "attrNames": attributes}
+        request = ledger.build_schema_request(submitter_did, schema)
+        request.set_signature(submitter.sign(request.signature_input).signature)
+        await self._submit(request)
+        return schema_id
+
+    async def get_schema(self, schema_id: str) -> dict[str, Any] | None:
+        """The schema's data (name, version, attr_names) and seqNo, or None if it is not on the ledger."""
+        reply = await self._submit(ledger.build_get_schema_request(None, schema_id))
+        data = reply.get("data") or {}
+        if not reply.get("seqNo") or not data.get("attr_names"):
+            return None
+        return {**data, "seqNo": reply["seqNo"]}
+
     async def get_nym(self, did: str, *, require_state_proof: bool = True) -> NymRecord | None:
         """The DID's NYM record, or None if the ledger has none; either answer state-proven.
 

@@ -17,6 +17,7 @@ import uuid
 from enum import StrEnum
 from typing import Any
 
+from eth_account import Account
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 SCHEMA_NAME = "erx-prescription"
@@ -145,6 +146,11 @@ class TokenRef(BaseModel):
         if not _PRIVATE_KEY.match(v.get_secret_value()):
             raise ValueError("secret_key must be a 0x-prefixed 32-byte hex private key")
         return v
+
+    @property
+    def address(self) -> str:
+        """The token's key on chain: the address of the one-time key pair."""
+        return Account.from_key(self.secret_key.get_secret_value()).address
 
 
 class Prescriber(BaseModel):

@@ -1,0 +1,37 @@
+"""Everything a role's controller is wired to: its agent, its webhooks, its records, the chain."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from erx_contracts.client import PrescriptionTokenClient
+from erx_core.acapy_admin import AcaPyAdmin
+from erx_core.events import EventBus
+from erx_core.network import Network
+from erx_core.settings import AgentSettings
+from erx_core.store import Store
+
+
+@dataclass
+class RoleContext:
+    network: Network
+    agent: AgentSettings
+    admin: AcaPyAdmin
+    bus: EventBus
+    store: Store
+    chain: PrescriptionTokenClient | None  # organisations only; the patient never touches the chain
+
+    @classmethod
+    async def open(cls, network: Network, agent_name: str) -> RoleContext:
+        agent = network.settings.agent(agent_name)
+        chain = None
+        if agent.role in ("doctor", "pharmacy"):
+            chain = await PrescriptionTokenClient.connect(network.chain_config(), network.chain_account(agent_name))
+        return cls(network=network, agent=agent, admin=network.admin(agent_name), bus=EventBus(),
+                   store=Store(network.paths.controllers / f"{agent_name}.db"), chain=chain)
+
+    async def close(self) -> None:
+        await self.admin.close()
+        if self.chain is not None:
+            await self.chain.close()
+        self.store.close()

@@ -1,0 +1,80 @@
+"""What every controller's JSON API shares: bearer-token auth, errors as 4xx with a reason (never a
+stack trace), JSON bodies validated by pydantic models."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, SecretStr, ValidationError
+
+LOG = logging.getLogger("erx.api")
+M = TypeVar("M", bound=BaseModel)
+
+
+class ApiError(Exception):
+    """A refusal the caller can act on: HTTP status + reason."""
+
+    def __init__(self, status: int, reason: str, **extra: Any):
+        super().__init__(reason)
+        self.status, self.reason, self.extra = status, reason, extra
+
+
+def not_found(what: str) -> ApiError:
+    return ApiError(404, f"{what} not found")
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    elif isinstance(data, list):
+        data = [d.model_dump(mode="json") if isinstance(d, BaseModel) else d for d in data]
+    return web.json_response(data, status=status)
+
+
+async def parse_body(request: web.Request, model: type[M]) -> M:
+    try:
+        raw = await request.read()
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        fields = [{"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"]}
+                  for e in exc.errors(include_url=False, include_input=False)]
+        raise ApiError(422, "invalid request body", fields=fields) from None
+
+
+def wait_param(request: web.Request, limit_s: float = 60.0) -> float:
+    """The `?wait=seconds` of a long poll, bounded."""
+    try:
+        return min(max(float(request.query.get("wait", "0")), 0.0), limit_s)
+    except ValueError:
+        raise ApiError(400, "wait must be a number of seconds") from None
+
+
+def api_middlewares(api_key: SecretStr) -> list:
+    expected = f"Bearer {api_key.get_secret_value()}".encode()
+
+    @web.middleware
+    async def errors(request: web.Request, handler):
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return web.json_response({"error": exc.reason, **exc.extra}, status=exc.status)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return web.json_response({"error": exc.reason if not exc.text else exc.text}, status=exc.status)
+        except Exception:
+            LOG.exception("unhandled error in %s %s", request.method, request.path)
+            return web.json_response({"error": "internal error; see the controller log"}, status=500)
+
+    @web.middleware
+    async def auth(request: web.Request, handler):
+        if request.path.startswith("/api/"):
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                raise ApiError(401, "missing or wrong API token (Authorization: Bearer …)")
+        return await handler(request)
+
+    return [errors, auth]

@@ -1,0 +1,381 @@
+"""The pharmacy: ask for a prescription, check it, dispense by spending its token.
+
+A check moves through:  requested → verified (ready to dispense) → dispensing → dispensed
+                                   ↘ refused (one reason)        ↘ refused (one reason)
+The refusal reasons are `erx_schemas.prescription.RefusalReason`. The pharmacist dispenses
+explicitly (the medication is handed over); the token is spent then, not at verification.
+
+Crash safety: the signed spend transaction is written to the check record *before* it is sent.
+On restart, every check left in `dispensing` is finished from that record: the same transaction is
+sent again (the chain accepts it at most once) and its receipt decides the outcome. So a crash
+neither loses a dispense nor spends twice.
+
+The one-time secret key is never stored by the controller: it is read from the agent's
+presentation record when needed, and that record is deleted once the check is final.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from enum import StrEnum
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, Field
+
+from erx_contracts.errors import (AlreadySpent, BadSignature, Cancelled, ChainError, Expired, NotYetValid,
+                                  StaleSignature, TransactionDropped, UnknownToken)
+from erx_core.acapy_admin import AdminApiError
+from erx_core.events import Payload
+from erx_roles.context import RoleContext
+from erx_roles.http import ApiError, json_response, not_found, parse_body, wait_param
+from erx_schemas.prescription import (Refusal, RefusalReason, RevealedPrescription, dispensing_proof_request)
+
+LOG = logging.getLogger("erx.pharmacy")
+PROOF_TOPIC = "present_proof_v2_0"
+FINAL = ("dispensed", "refused")
+
+
+class CheckState(StrEnum):
+    REQUESTED = "requested"
+    VERIFIED = "verified"
+    DISPENSING = "dispensing"
+    DISPENSED = "dispensed"
+    REFUSED = "refused"
+
+
+class DispenseCheck(BaseModel):
+    check_id: str
+    pres_ex_id: str
+    connection_id: str | None = None
+    state: CheckState = CheckState.REQUESTED
+    refusal: Refusal | None = None
+    # what was presented (without the token's secret key), and by whom it was issued
+    prescription: dict[str, Any] | None = None
+    cred_def_id: str | None = None
+    token_address: str | None = None
+    # the spend: journaled before sending
+    spend_tx_hash: str | None = None
+    spend_raw_tx: str | None = Field(default=None, exclude=True)
+    remaining_redemptions: int | None = None
+    invitation_url: str | None = None
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL
+
+
+class StoredCheck(DispenseCheck):
+    """The durable form keeps the journaled raw transaction, which the API never shows."""
+
+    spend_raw_tx: str | None = None
+
+
+class TrustedPrescriber(BaseModel):
+    cred_def_id: str = Field(min_length=10, pattern=r"^[1-9A-HJ-NP-Za-km-z]{21,22}:3:CL:\d+:.+$")
+    label: str = Field(default="", max_length=200)
+
+
+class RequestBody(BaseModel):
+    connection_id: str | None = Field(default=None, description="omit for a connectionless request (QR code)")
+
+
+class PharmacyService:
+    def __init__(self, ctx: RoleContext):
+        self.ctx = ctx
+        self.checks = ctx.store.table("check", StoredCheck)
+        self.trusted = ctx.store.table("trusted", TrustedPrescriber)
+        self._locks: dict[str, asyncio.Lock] = {}
+        ctx.bus.subscribe(PROOF_TOPIC, self._on_proof_event)
+
+    def _lock(self, check_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(check_id, asyncio.Lock())
+
+    def _save(self, check: StoredCheck) -> StoredCheck:
+        check.updated_at = time.time()
+        return self.checks.put(check.check_id, check)
+
+    def _get(self, check_id: str) -> StoredCheck:
+        check = self.checks.get(check_id)
+        if check is None:
+            raise not_found(f"check {check_id}")
+        return check
+
+    # -- start-up: finish what a crash interrupted --------------------------------------------------
+    async def recover(self) -> list[str]:
+        finished = []
+        for check in self.checks.all():
+            if check.state == CheckState.DISPENSING:
+                async with self._lock(check.check_id):
+                    await self._finish_spend(check)
+                finished.append(check.check_id)
+        return finished
+
+    # -- asking for a prescription ----------------------------------------------------------------
+    def proof_request(self) -> dict:
+        return dispensing_proof_request(self.ctx.network.prescription_schema_id)
+
+    async def request(self, connection_id: str | None) -> StoredCheck:
+        if connection_id:
+            exchange = await self.ctx.admin.send_proof_request(connection_id, self.proof_request())
+            check = StoredCheck(check_id=str(uuid.uuid4()), pres_ex_id=exchange["pres_ex_id"],
+                                connection_id=connection_id)
+        else:
+            exchange = await self.ctx.admin.create_proof_request(self.proof_request())
+            invitation = await self.ctx.admin.create_invitation(
+                handshake=False, attachments=[{"id": exchange["pres_ex_id"], "type": "present-proof"}])
+            check = StoredCheck(check_id=str(uuid.uuid4()), pres_ex_id=exchange["pres_ex_id"],
+                                invitation_url=invitation.invitation_url)
+        return self._save(check)
+
+    def _by_exchange(self, pres_ex_id: str) -> StoredCheck | None:
+        return next((c for c in self.checks.all() if c.pres_ex_id == pres_ex_id), None)
+
+    async def _on_proof_event(self, topic: str, payload: Payload) -> None:
+        check = self._by_exchange(payload.get("pres_ex_id", ""))
+        if check is None:
+            return
+        state = payload.get("state")
+        async with self._lock(check.check_id):
+            check = self._get(check.check_id)
+            if check.state != CheckState.REQUESTED:
+                return
+            if state == "presentation-received":
+                await self._verify(check)
+            elif state == "abandoned":
+                # The wallet could not or would not present. Our only predicates are the validity
+                # dates, so a wallet that says a predicate is unmet holds a prescription not valid today.
+                text = payload.get("error_msg") or "the wallet abandoned the request"
+                reason = RefusalReason.EXPIRED if "predicate" in text.lower() else RefusalReason.INVALID_PRESENTATION
+                await self._refuse(check, reason, text)
+
+    # -- checking ------------------------------------------------------------------------------------
+    async def _verify(self, check: StoredCheck) -> None:
+        try:
+            record = await self.ctx.admin.verify_presentation(check.pres_ex_id)
+        except AdminApiError as exc:
+            await self._refuse(check, RefusalReason.INVALID_PRESENTATION, exc.reason)
+            return
+        revealed, identifiers = _presented(record)
+        check.cred_def_id = identifiers.get("cred_def_id")
+        try:
+            prescription = RevealedPrescription.from_attributes(revealed)
+        except ValueError as exc:
+            await self._refuse(check, RefusalReason.INVALID_PRESENTATION, f"unreadable prescription: {exc}")
+            return
+        check.prescription = prescription.model_dump(mode="json", exclude={"token"})
+        check.token_address = prescription.token.address
+        if record.get("verified") != "true":
+            # ACA-Py does not say why. The one cause a pharmacy can name is that the prescriber
+            # withdrew it: revocation cancels the token on chain too.
+            status = await self._token_status(prescription)
+            reason = RefusalReason.REVOKED if status is not None and status.cancelled else \
+                RefusalReason.INVALID_PRESENTATION
+            await self._refuse(check, reason, "; ".join(record.get("verified_msgs") or []))
+            return
+        if not self._is_trusted(check.cred_def_id):
+            await self._refuse(check, RefusalReason.UNTRUSTED_ISSUER,
+                               f"{prescription.prescriber.name}, credential definition {check.cred_def_id}")
+            return
+        refusal = await self._token_refusal(prescription)
+        if refusal is not None:
+            await self._refuse(check, refusal.reason, refusal.detail)
+            return
+        check.state = CheckState.VERIFIED
+        check.remaining_redemptions = (await self.ctx.chain.status(prescription.token.address)).remaining
+        self._save(check)
+
+    def _is_trusted(self, cred_def_id: str | None) -> bool:
+        return cred_def_id is not None and self.trusted.get(cred_def_id) is not None
+
+    async def _token_status(self, prescription: RevealedPrescription):
+        if not self._our_chain(prescription):
+            return None
+        return await self.ctx.chain.status(prescription.token.address)
+
+    def _our_chain(self, prescription: RevealedPrescription) -> bool:
+        chain = self.ctx.chain
+        return (prescription.token.chain_id == chain.config.chain_id
+                and prescription.token.contract.lower() == chain.contract_address.lower())
+
+    async def _token_refusal(self, prescription: RevealedPrescription) -> Refusal | None:
+        if not self._our_chain(prescription):
+            return Refusal(reason=RefusalReason.UNKNOWN_TOKEN,
+                           detail=f"token on chain {prescription.token.chain_id} at {prescription.token.contract}")
+        status = await self.ctx.chain.status(prescription.token.address)
+        now = await self.ctx.chain.chain_time()
+        if not status.exists:
+            return Refusal(reason=RefusalReason.UNKNOWN_TOKEN)
+        if status.cancelled:
+            return Refusal(reason=RefusalReason.CANCELLED)
+        if status.remaining == 0:
+            return Refusal(reason=RefusalReason.ALREADY_REDEEMED)
+        if not status.not_before <= now <= status.not_after:
+            return Refusal(reason=RefusalReason.EXPIRED)
+        return None
+
+    async def _refuse(self, check: StoredCheck, reason: RefusalReason, detail: str = "") -> None:
+        check.state, check.refusal = CheckState.REFUSED, Refusal(reason=reason, detail=detail)
+        self._save(check)
+        LOG.info("check %s refused: %s", check.check_id, reason)
+        await self._forget_presentation(check)
+
+    # -- dispensing -------------------------------------------------------------------------------------
+    async def dispense(self, check_id: str) -> StoredCheck:
+        async with self._lock(check_id):
+            check = self._get(check_id)
+            if check.state != CheckState.VERIFIED:
+                raise ApiError(409, f"check is {check.state}; only a verified prescription can be dispensed",
+                               check=DispenseCheck.model_validate(check.model_dump()).model_dump(mode="json"))
+            check.state = CheckState.DISPENSING
+            self._save(check)
+            await self._spend(check)
+            return self._get(check_id)
+
+    async def _spend(self, check: StoredCheck) -> None:
+        secret_key = await self._secret_key(check)
+        if secret_key is None:
+            await self._refuse(check, RefusalReason.INVALID_PRESENTATION, "the presentation is no longer available")
+            return
+
+        async def journal(tx_hash: str, raw_tx: str) -> None:
+            check.spend_tx_hash, check.spend_raw_tx = tx_hash, raw_tx
+            self._save(check)
+
+        try:
+            result = await self.ctx.chain.spend(secret_key, journal=journal)
+        except ChainError as exc:
+            await self._spend_failed(check, exc)
+            return
+        await self._dispensed(check, result.tx_hash)
+
+    async def _finish_spend(self, check: StoredCheck) -> None:
+        """After a crash: the journaled transaction decides; if none was journaled, spend now."""
+        if check.spend_raw_tx is None:
+            await self._spend(check)
+            return
+        try:
+            result = await self.ctx.chain.resume(check.spend_tx_hash, check.spend_raw_tx)
+        except TransactionDropped:
+            check.spend_tx_hash = check.spend_raw_tx = None
+            await self._spend(check)
+            return
+        except ChainError as exc:
+            await self._spend_failed(check, exc)
+            return
+        await self._dispensed(check, result.tx_hash)
+
+    async def _spend_failed(self, check: StoredCheck, exc: ChainError) -> None:
+        reason = {AlreadySpent: RefusalReason.ALREADY_REDEEMED, StaleSignature: RefusalReason.ALREADY_REDEEMED,
+                  Cancelled: RefusalReason.CANCELLED, UnknownToken: RefusalReason.UNKNOWN_TOKEN,
+                  Expired: RefusalReason.EXPIRED, NotYetValid: RefusalReason.EXPIRED,
+                  BadSignature: RefusalReason.INVALID_PRESENTATION}.get(type(exc))
+        if reason is None:  # the chain is unreachable or similar: stay in `dispensing`, retried at restart
+            LOG.error("check %s: spend did not complete: %s", check.check_id, exc)
+            raise ApiError(503, f"the chain did not confirm the spend ({type(exc).__name__}); it is retried "
+                                "when the controller restarts — do not hand out the medication yet")
+        await self._refuse(check, reason, str(exc))
+
+    async def _dispensed(self, check: StoredCheck, tx_hash: str) -> None:
+        check.state, check.spend_tx_hash, check.spend_raw_tx = CheckState.DISPENSED, tx_hash, None
+        check.remaining_redemptions = (await self.ctx.chain.status(check.token_address)).remaining
+        self._save(check)
+        LOG.info("check %s dispensed, tx %s, %s left", check.check_id, tx_hash, check.remaining_redemptions)
+        await self._forget_presentation(check)
+
+    async def _secret_key(self, check: StoredCheck) -> str | None:
+        try:
+            record = await self.ctx.admin.presentation_exchange(check.pres_ex_id)
+        except AdminApiError:
+            return None
+        revealed, _ = _presented(record)
+        return revealed.get("token_secret_key")
+
+    async def _forget_presentation(self, check: StoredCheck) -> None:
+        """The agent's exchange record holds the token's secret key: drop it once the check is final."""
+        try:
+            await self.ctx.admin.request("DELETE", f"/present-proof-2.0/records/{check.pres_ex_id}")
+        except AdminApiError as exc:
+            LOG.warning("could not delete presentation %s: %s", check.pres_ex_id, exc.reason)
+
+    async def wait_checked(self, check_id: str, timeout_s: float) -> StoredCheck:
+        """Until the check leaves `requested` (presentation verified or refused)."""
+        check = self._get(check_id)
+        deadline = time.monotonic() + timeout_s
+        while check.state == CheckState.REQUESTED and time.monotonic() < deadline:
+            waiter = self.ctx.bus.expect(PROOF_TOPIC, lambda p: p.get("pres_ex_id") == check.pres_ex_id)
+            check = self._get(check_id)  # the event may have landed before the waiter was registered
+            if check.state != CheckState.REQUESTED:
+                break
+            try:
+                await waiter.wait(max(deadline - time.monotonic(), 0.01))
+            except TimeoutError:
+                break
+            async with self._lock(check_id):  # the event handler finishes its decision under this lock
+                check = self._get(check_id)
+        return check
+
+    # -- HTTP API ---------------------------------------------------------------------------------------
+    def routes(self) -> list[web.RouteDef]:
+        def public(check: StoredCheck) -> dict:
+            return DispenseCheck.model_validate(check.model_dump()).model_dump(mode="json")
+
+        async def status(_: web.Request) -> web.Response:
+            return json_response({"role": "pharmacy", "schema_id": self.ctx.network.prescription_schema_id,
+                                  "chain_account": self.ctx.chain.address,
+                                  "trusted_prescribers": len(list(self.trusted.all()))})
+
+        async def create(request: web.Request) -> web.Response:
+            body = await parse_body(request, RequestBody)
+            return json_response(public(await self.request(body.connection_id)), status=201)
+
+        async def one(request: web.Request) -> web.Response:
+            check_id = request.match_info["check_id"]
+            wait = wait_param(request)
+            check = await self.wait_checked(check_id, wait) if wait else self._get(check_id)
+            return json_response(public(check))
+
+        async def dispense(request: web.Request) -> web.Response:
+            return json_response(public(await self.dispense(request.match_info["check_id"])))
+
+        async def history(_: web.Request) -> web.Response:
+            return json_response([public(c) for c in self.checks.all()])
+
+        async def trusted_list(_: web.Request) -> web.Response:
+            return json_response(list(self.trusted.all()))
+
+        async def trusted_add(request: web.Request) -> web.Response:
+            body = await parse_body(request, TrustedPrescriber)
+            return json_response(self.trusted.put(body.cred_def_id, body), status=201)
+
+        async def trusted_remove(request: web.Request) -> web.Response:
+            cred_def_id = request.match_info["cred_def_id"]
+            if self.trusted.get(cred_def_id) is None:
+                raise not_found(f"trusted prescriber {cred_def_id}")
+            self.trusted.delete(cred_def_id)
+            return web.Response(status=204)
+
+        return [
+            web.get("/api/status", status),
+            web.post("/api/checks", create),
+            web.get("/api/checks", history),
+            web.get("/api/checks/{check_id}", one),
+            web.post("/api/checks/{check_id}/dispense", dispense),
+            web.get("/api/trusted-prescribers", trusted_list),
+            web.post("/api/trusted-prescribers", trusted_add),
+            web.delete("/api/trusted-prescribers/{cred_def_id}", trusted_remove),
+        ]
+
+
+def _presented(record: dict) -> tuple[dict[str, str], dict[str, Any]]:
+    """Revealed attribute values and the credential's identifiers from a presentation exchange record."""
+    pres = ((record.get("by_format") or {}).get("pres") or {}).get("anoncreds") or {}
+    groups = (pres.get("requested_proof") or {}).get("revealed_attr_groups") or {}
+    values = (groups.get("prescription") or {}).get("values") or {}
+    identifiers = (pres.get("identifiers") or [{}])[0]
+    return {k: v.get("raw") for k, v in values.items()}, identifiers

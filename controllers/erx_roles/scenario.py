@@ -1,0 +1,125 @@
+"""The prescription flow, step by step, through the controllers' APIs only.
+
+Used by `erx demo` and by the end-to-end tests: each step is one thing a doctor, patient or
+pharmacist does, with what it returned and how long it took.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any
+
+from pydantic import BaseModel
+
+from erx_core.network import Network
+from erx_roles.client import ControllerApiError, ControllerClient
+
+WAIT_S = 30
+
+
+class Step(BaseModel):
+    name: str
+    outcome: str  # "ok" or "refused"
+    reason: str | None = None
+    tx_hash: str | None = None
+    seconds: float
+    detail: str = ""
+
+
+def sample_order(redemptions: int = 1, **overrides: Any) -> dict:
+    today = dt.date.today()
+    order = {
+        "patient_name": "Erika Mustermann",
+        "patient_birth_date": "1964-08-12",
+        "medication": {"name": "Ibuprofen", "code": "M01AE01", "code_system": "ATC", "strength": "400 mg",
+                       "form": "tablet"},
+        "dosage_instructions": "1 tablet up to 3 times a day with food",
+        "quantity": 20,
+        "redemptions": redemptions,
+        "valid_from": today.isoformat(),
+        "valid_until": (today + dt.timedelta(days=28)).isoformat(),
+    }
+    return order | overrides
+
+
+class Scenario:
+    """Holds one client per controller and performs the flow's actions."""
+
+    def __init__(self, network: Network):
+        self.network = network
+        self.clients: dict[str, ControllerClient] = {}
+
+    def client(self, agent_name: str) -> ControllerClient:
+        if agent_name not in self.clients:
+            self.clients[agent_name] = ControllerClient(self.network.controller_url(agent_name),
+                                                        self.network.secrets.controller_api_key(agent_name))
+        return self.clients[agent_name]
+
+    async def close(self) -> None:
+        for c in self.clients.values():
+            await c.close()
+
+    # -- actions --------------------------------------------------------------------------------
+    async def onboard(self, doctor: str, pharmacies: list[str]) -> str:
+        cred_def_id = (await self.client(doctor).get("/api/status"))["cred_def_id"]
+        for pharmacy in pharmacies:
+            await self.client(pharmacy).post("/api/trusted-prescribers",
+                                             {"cred_def_id": cred_def_id, "label": doctor})
+        return cred_def_id
+
+    async def connect(self, doctor: str, patient: str) -> str:
+        invitation = await self.client(doctor).post("/api/invitations")
+        await self.client(patient).post("/api/invitations", {"invitation_url": invitation["invitation_url"]})
+        conn = await self.client(doctor).get(f"/api/invitations/{invitation['invitation_id']}/connection",
+                                             wait=WAIT_S)
+        return conn["connection_id"]
+
+    async def issue(self, doctor: str, connection_id: str, order: dict) -> dict:
+        created = await self.client(doctor).post("/api/prescriptions", {"connection_id": connection_id,
+                                                                        "order": order})
+        return await self.client(doctor).get(f"/api/prescriptions/{created['prescription_id']}", wait=WAIT_S)
+
+    async def credential_for(self, patient: str, prescription_id: str) -> str:
+        for cred in await self.client(patient).get("/api/credentials"):
+            if cred["attributes"].get("prescription_id") == prescription_id:
+                return cred["credential_id"]
+        raise LookupError(f"the patient's wallet holds no credential for prescription {prescription_id}")
+
+    async def present(self, pharmacy: str, patient: str, credential_id: str) -> dict:
+        """The pharmacy shows a QR code; the patient's wallet opens it and shares the chosen prescription."""
+        check = await self.client(pharmacy).post("/api/checks", {})
+        await self.client(patient).post("/api/invitations", {"invitation_url": check["invitation_url"],
+                                                             "credential_id": credential_id})
+        return await self.client(pharmacy).get(f"/api/checks/{check['check_id']}", wait=WAIT_S)
+
+    async def redeem(self, pharmacy: str, patient: str, credential_id: str) -> dict:
+        check = await self.present(pharmacy, patient, credential_id)
+        if check["state"] != "verified":
+            return check
+        try:
+            return await self.client(pharmacy).post(f"/api/checks/{check['check_id']}/dispense")
+        except ControllerApiError as exc:
+            if exc.status == 409 and isinstance(exc.body, dict) and "check" in exc.body:
+                return exc.body["check"]  # refused meanwhile (e.g. another pharmacy was faster)
+            raise
+
+    async def revoke(self, doctor: str, prescription_id: str) -> dict:
+        return await self.client(doctor).post(f"/api/prescriptions/{prescription_id}/revoke")
+
+
+async def timed(name: str, action, outcome_of=lambda r: ("ok", None, None, "")) -> tuple[Step, Any]:
+    started = time.monotonic()
+    result = await action
+    outcome, reason, tx_hash, detail = outcome_of(result)
+    return Step(name=name, outcome=outcome, reason=reason, tx_hash=tx_hash,
+                seconds=round(time.monotonic() - started, 3), detail=detail), result
+
+
+def check_outcome(check: dict) -> tuple[str, str | None, str | None, str]:
+    if check["state"] == "dispensed":
+        return "ok", None, check.get("spend_tx_hash"), f"{check.get('remaining_redemptions')} redemption(s) left"
+    if check["state"] == "refused":
+        refusal = check.get("refusal") or {}
+        return "refused", refusal.get("reason"), None, refusal.get("detail") or ""
+    return "unfinished", None, None, f"check ended in state {check['state']}"

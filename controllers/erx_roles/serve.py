@@ -1,0 +1,72 @@
+"""Run one role's controller: its agent's webhooks in, its JSON API out.
+
+    python -m erx_roles.serve --agent doctor --settings .erx/run/settings.json
+
+`erx up` starts one per agent. The settings file is written by `erx up` so that a controller sees
+exactly the configuration its network was started with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from aiohttp import web
+
+from erx_core.events import webhook_routes
+from erx_core.network import Network
+from erx_core.settings import Settings
+from erx_roles.context import RoleContext
+from erx_roles.doctor import DoctorService
+from erx_roles.http import api_middlewares, json_response
+from erx_roles.patient import PatientService
+from erx_roles.pharmacy import PharmacyService
+
+LOG = logging.getLogger("erx.controller")
+
+
+async def build_app(network: Network, agent_name: str) -> web.Application:
+    ctx = await RoleContext.open(network, agent_name)
+    role = ctx.agent.role
+    service: DoctorService | PharmacyService | PatientService
+    if role == "doctor":
+        service = DoctorService(ctx)
+        cred_def_id = await service.onboard()
+        LOG.info("doctor onboarded: credential definition %s", cred_def_id)
+    elif role == "pharmacy":
+        service = PharmacyService(ctx)
+        if finished := await service.recover():
+            LOG.info("finished %d dispense(s) interrupted by a restart", len(finished))
+    else:
+        service = PatientService(ctx)
+
+    async def health(_: web.Request) -> web.Response:
+        return json_response({"status": "ok", "role": role, "agent": agent_name})
+
+    app = web.Application(middlewares=api_middlewares(network.secrets.controller_api_key(agent_name)))
+    app.add_routes(webhook_routes(ctx.bus, network.secrets.webhook_key(agent_name)))
+    app.add_routes([web.get("/health", health), *service.routes()])
+    app["service"] = service
+
+    async def close(_: web.Application) -> None:
+        await ctx.close()
+
+    app.on_cleanup.append(close)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agent", required=True)
+    parser.add_argument("--settings", type=Path, required=True)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = Settings.load(args.settings)
+    agent = settings.agent(args.agent)
+    web.run_app(build_app(Network(settings), args.agent), host=settings.host, port=agent.controller_port,
+                print=None)
+
+
+if __name__ == "__main__":
+    main()
