@@ -33,3 +33,30 @@ def isolated_settings(home, *, block_time_s: float | None = 1.0) -> Settings:
         tails=TailsSettings(port=p[9]),
         agents=agents,
     )
+
+
+def encodings(value: str) -> list[bytes]:
+    """The ways a string could show up in chain data: raw, UTF-16, hashed, ABI-encoded, and hex of each."""
+    import hashlib
+
+    from eth_abi import encode as abi_encode
+    from eth_utils import keccak
+
+    raw = value.encode()
+    forms = [raw, value.encode("utf-16-le"), keccak(raw), hashlib.sha256(raw).digest(), abi_encode(["string"], [value])]
+    return forms + [f.hex().encode() for f in forms]
+
+
+async def chain_haystack(rpc) -> bytes:
+    """Everything the chain holds, lower-cased: every transaction (with input), every log, the full state."""
+    import gzip
+    import json
+
+    latest = int(await rpc("eth_blockNumber", []), 16)
+    blocks = [await rpc("eth_getBlockByNumber", [hex(n), True]) for n in range(latest + 1)]
+    txs = [tx for block in blocks for tx in block["transactions"]]
+    logs = await rpc("eth_getLogs", [{"fromBlock": "0x0", "toBlock": hex(latest)}])
+    dump = gzip.decompress(bytes.fromhex((await rpc("anvil_dumpState", []))[2:]))
+    return b"".join([dump, json.dumps(txs).encode(), json.dumps(logs).encode()]
+                    + [bytes.fromhex(tx["input"][2:]) for tx in txs]
+                    + [bytes.fromhex(log["data"][2:]) for log in logs]).lower()

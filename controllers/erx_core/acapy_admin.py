@@ -7,6 +7,7 @@ Small on purpose: each method is one admin call with its pydantic result. Errors
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -164,8 +165,17 @@ class AcaPyAdmin:
     async def send_credential_request(self, cred_ex_id: str) -> dict:
         return await self.post(f"/issue-credential-2.0/records/{cred_ex_id}/send-request", {})
 
-    async def credentials(self) -> list[dict]:
-        return (await self.get("/credentials"))["results"]
+    async def credentials(self, wql: dict | None = None, page: int = 100) -> list[dict]:
+        """Every credential in the holder's wallet (matching `wql`), page by page."""
+        found: list[dict] = []
+        while True:
+            params: dict[str, Any] = {"limit": page, "offset": len(found)}
+            if wql:
+                params["wql"] = json.dumps(wql)
+            batch = (await self.get("/credentials", **params))["results"]
+            found += batch
+            if len(batch) < page:
+                return found
 
     # -- present-proof 2.0 (AnonCreds) ----------------------------------------------------
     async def send_proof_request(self, connection_id: str, proof_request: dict) -> dict:

@@ -210,8 +210,12 @@ class DoctorService:
         if record.state != PrescriptionState.ISSUED:
             raise ApiError(409, f"prescription is {record.state}; only issued prescriptions can be revoked")
         status = await self.ctx.chain.status(record.token_address)
-        if not status.cancelled:
-            record.revoke_tx = (await self.ctx.chain.cancel(record.token_address)).tx_hash
+        if not status.cancelled and status.remaining > 0:  # a fully redeemed token cannot be cancelled
+            try:
+                record.revoke_tx = (await self.ctx.chain.cancel(record.token_address)).tx_hash
+            except ChainError as exc:
+                raise ApiError(502, f"the chain did not cancel the token: {exc}") from exc
+            self.records.put(prescription_id, record)
         details = await self.ctx.admin.get(f"/issue-credential-2.0/records/{record.cred_ex_id}")
         thread_id = details.get("cred_ex_record", {}).get("thread_id")
         await self.ctx.admin.revoke(record.rev_reg_id, record.cred_rev_id, connection_id=record.connection_id,

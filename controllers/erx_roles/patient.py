@@ -128,11 +128,12 @@ class PatientService:
         pres_request = record.get("pres_request") or {}
         return (pres_request.get("~thread") or {}).get("pthid", "")
 
-    async def credentials(self) -> list[HeldCredential]:
+    async def credentials(self, prescription_id: str | None = None) -> list[HeldCredential]:
+        wql = {"attr::prescription_id::value": prescription_id} if prescription_id else None
         # The token's secret key stays in the wallet: nothing that lists credentials needs it.
         return [HeldCredential(credential_id=c["referent"], cred_def_id=c["cred_def_id"],
                                attributes={k: v for k, v in c["attrs"].items() if k != "token_secret_key"})
-                for c in await self.ctx.admin.credentials()]
+                for c in await self.ctx.admin.credentials(wql)]
 
     def routes(self) -> list[web.RouteDef]:
         async def status(_: web.Request) -> web.Response:
@@ -141,8 +142,8 @@ class PatientService:
         async def open_invitation(request: web.Request) -> web.Response:
             return json_response(await self.open_invitation(await parse_body(request, OpenInvitation)), status=201)
 
-        async def credentials(_: web.Request) -> web.Response:
-            return json_response(await self.credentials())
+        async def credentials(request: web.Request) -> web.Response:
+            return json_response(await self.credentials(request.query.get("prescription_id")))
 
         return [
             web.get("/api/status", status),

@@ -81,9 +81,8 @@ class Scenario:
         return await self.client(doctor).get(f"/api/prescriptions/{created['prescription_id']}", wait=WAIT_S)
 
     async def credential_for(self, patient: str, prescription_id: str) -> str:
-        for cred in await self.client(patient).get("/api/credentials"):
-            if cred["attributes"].get("prescription_id") == prescription_id:
-                return cred["credential_id"]
+        for cred in await self.client(patient).get("/api/credentials", prescription_id=prescription_id):
+            return cred["credential_id"]
         raise LookupError(f"the patient's wallet holds no credential for prescription {prescription_id}")
 
     async def present(self, pharmacy: str, patient: str, credential_id: str) -> dict:

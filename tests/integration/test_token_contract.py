@@ -2,7 +2,6 @@
 
 import asyncio
 import gzip
-import hashlib
 import json
 import signal
 from collections.abc import AsyncIterator
@@ -32,6 +31,8 @@ pytest.register_assert_rewrite("tests.integration.conftest_chain")  # before imp
 from tests.integration.conftest_chain import AnvilNodes, Deployment, RunningNode, deploy_and_onboard  # noqa: E402
 
 pytestmark = pytest.mark.integration
+from tests.support import encodings
+
 pytest_plugins = ["tests.integration.conftest_chain"]
 
 HOUR = 3600
@@ -436,12 +437,6 @@ PATIENT = {
     "address": "Heidestrasse 17, 51147 Koeln",
 }
 PRESCRIPTION = {"id": "160.000.100.000.001.05", "medication": "Ibuprofen 600 mg", "pzn": "01016107", "dosage": "1-0-1"}
-
-
-def encodings(value: str) -> list[bytes]:
-    raw = value.encode()
-    forms = [raw, value.encode("utf-16-le"), keccak(raw), hashlib.sha256(raw).digest(), abi_encode(["string"], [value])]
-    return forms + [f.hex().encode() for f in forms]
 
 
 async def test_chain_holds_no_patient_or_prescription_data(
