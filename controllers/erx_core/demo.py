@@ -52,8 +52,8 @@ async def run_flow(network: Network, log=print) -> list:
         step, cred_def_id = await timed("onboarding", s.onboard(doctor, [pharmacy_a, pharmacy_b]),
                                         lambda r: ("ok", None, None, f"trusted prescriber {r}"))
         record(step)
-        step, connection_id = await timed("connect", s.connect(doctor, patient),
-                                          lambda r: ("ok", None, None, f"connection {r}"))
+        step, (connection_id, _) = await timed("connect", s.connect(doctor, patient),
+                                               lambda r: ("ok", None, None, f"connection {r[0]}"))
         record(step)
 
         def issued(p):

@@ -24,6 +24,7 @@ from erx_contracts.client import new_prescription_key
 from erx_contracts.errors import ChainError
 from erx_core.acapy_admin import AdminApiError
 from erx_core.events import EventTimeout, Payload
+from erx_roles.connections import connection_routes
 from erx_roles.context import RoleContext
 from erx_roles.http import ApiError, json_response, not_found, parse_body, wait_param
 from erx_schemas.prescription import Prescriber, Prescription, PrescriptionOrder, TokenRef
@@ -71,11 +72,6 @@ class IssueRequest(BaseModel):
     order: PrescriptionOrder
 
 
-class InvitationOut(BaseModel):
-    invitation_id: str
-    invitation_url: str
-
-
 class DoctorService:
     def __init__(self, ctx: RoleContext):
         self.ctx = ctx
@@ -114,11 +110,6 @@ class DoctorService:
                                          issuer_id=self.issuer_did)
         ids = found.get("credential_definition_ids") or []
         return ids[0] if ids else None
-
-    # -- connecting a patient -----------------------------------------------------------------
-    async def create_invitation(self) -> InvitationOut:
-        inv = await self.ctx.admin.create_invitation(alias="patient")
-        return InvitationOut(invitation_id=inv.invi_msg_id, invitation_url=inv.invitation_url)
 
     # -- issuing -------------------------------------------------------------------------------
     async def issue(self, connection_id: str, order: PrescriptionOrder) -> IssuedPrescription:
@@ -249,26 +240,6 @@ class DoctorService:
                                   "schema_id": self.ctx.network.prescription_schema_id,
                                   "chain_account": self.ctx.chain.address})
 
-        async def invitations(_: web.Request) -> web.Response:
-            return json_response(await self.create_invitation(), status=201)
-
-        async def connection(request: web.Request) -> web.Response:
-            """Await the patient's connection for an invitation (long poll: ?wait=seconds)."""
-            invitation_id = request.match_info["invitation_id"]
-            wait = wait_param(request)
-            found = await self.ctx.admin.get("/connections", invitation_msg_id=invitation_id)
-            active = [c for c in found.get("results", []) if c.get("state") in ("active", "completed")]
-            if not active and wait:
-                waiter = self.ctx.bus.expect("connections", lambda p: p.get("invitation_msg_id") == invitation_id
-                                             and p.get("state") in ("active", "completed"), include_recent=True)
-                try:
-                    active = [await waiter.wait(wait)]
-                except TimeoutError:
-                    pass
-            if not active:
-                raise ApiError(404, "no patient has connected with this invitation yet")
-            return json_response({"connection_id": active[0]["connection_id"], "state": active[0]["state"]})
-
         async def issue(request: web.Request) -> web.Response:
             body = await parse_body(request, IssueRequest)
             record = await self.issue(body.connection_id, body.order)
@@ -287,8 +258,7 @@ class DoctorService:
 
         return [
             web.get("/api/status", status),
-            web.post("/api/invitations", invitations),
-            web.get("/api/invitations/{invitation_id}/connection", connection),
+            *connection_routes(self.ctx, alias="patient"),
             web.post("/api/prescriptions", issue),
             web.get("/api/prescriptions", list_all),
             web.get("/api/prescriptions/{prescription_id}", one),

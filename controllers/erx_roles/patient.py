@@ -35,6 +35,10 @@ class OpenInvitation(BaseModel):
     credential_id: str | None = None
 
 
+class Share(BaseModel):
+    credential_id: str = Field(min_length=1)
+
+
 class HeldCredential(BaseModel):
     credential_id: str
     cred_def_id: str
@@ -57,7 +61,7 @@ class PatientService:
     def __init__(self, ctx: RoleContext, auto_respond: bool = True):
         self.ctx = ctx
         self.auto_respond = auto_respond
-        # invitation id -> credential chosen for the proof request it carries
+        # invitation id or connection id -> credential the user chose to share there
         self._chosen: dict[str, str] = {}
         ctx.bus.subscribe(ISSUE_TOPIC, self._on_issue_event)
         ctx.bus.subscribe(PROOF_TOPIC, self._on_proof_event)
@@ -90,7 +94,8 @@ class PatientService:
         """Answer a proof request from one credential, revealing exactly the requested attributes."""
         record = await self.ctx.admin.presentation_exchange(pres_ex_id)
         request = ((record.get("by_format") or {}).get("pres_request") or {}).get("anoncreds") or {}
-        credential_id = credential_id or self._chosen.pop(self._invitation_id(record), None)
+        credential_id = (credential_id or self._chosen.pop(self._invitation_id(record), None)
+                         or self._chosen.pop(record.get("connection_id") or "", None))
         candidates = await self.ctx.admin.credentials_for_request(pres_ex_id)
         referents = list(request.get("requested_attributes", {})) + list(request.get("requested_predicates", {}))
         usable = [c["cred_info"] for c in candidates
@@ -142,6 +147,12 @@ class PatientService:
         async def open_invitation(request: web.Request) -> web.Response:
             return json_response(await self.open_invitation(await parse_body(request, OpenInvitation)), status=201)
 
+        async def share(request: web.Request) -> web.Response:
+            """Choose the prescription to present when this connection next asks for one."""
+            body = await parse_body(request, Share)
+            self._chosen[request.match_info["connection_id"]] = body.credential_id
+            return json_response({"connection_id": request.match_info["connection_id"], **body.model_dump()})
+
         async def credentials(request: web.Request) -> web.Response:
             return json_response(await self.credentials(request.query.get("prescription_id")))
 
@@ -149,6 +160,7 @@ class PatientService:
             web.get("/api/status", status),
             web.post("/api/invitations", open_invitation),
             web.get("/api/credentials", credentials),
+            web.post("/api/connections/{connection_id}/share", share),
         ]
 
 

@@ -30,6 +30,7 @@ from erx_contracts.errors import (AlreadySpent, BadSignature, Cancelled, ChainEr
                                   StaleSignature, TransactionDropped, UnknownToken)
 from erx_core.acapy_admin import AdminApiError
 from erx_core.events import Payload
+from erx_roles.connections import connection_routes
 from erx_roles.context import RoleContext
 from erx_roles.http import ApiError, json_response, not_found, parse_body, wait_param
 from erx_schemas.prescription import (Refusal, RefusalReason, RevealedPrescription, dispensing_proof_request)
@@ -362,6 +363,7 @@ class PharmacyService:
 
         return [
             web.get("/api/status", status),
+            *connection_routes(self.ctx, alias="customer"),
             web.post("/api/checks", create),
             web.get("/api/checks", history),
             web.get("/api/checks/{check_id}", one),

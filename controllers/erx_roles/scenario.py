@@ -68,12 +68,13 @@ class Scenario:
                                              {"cred_def_id": cred_def_id, "label": doctor})
         return cred_def_id
 
-    async def connect(self, doctor: str, patient: str) -> str:
-        invitation = await self.client(doctor).post("/api/invitations")
-        await self.client(patient).post("/api/invitations", {"invitation_url": invitation["invitation_url"]})
-        conn = await self.client(doctor).get(f"/api/invitations/{invitation['invitation_id']}/connection",
-                                             wait=WAIT_S)
-        return conn["connection_id"]
+    async def connect(self, organisation: str, patient: str) -> tuple[str, str]:
+        """The patient's wallet opens the organisation's invitation; returns both sides' connection ids."""
+        invitation = await self.client(organisation).post("/api/invitations")
+        opened = await self.client(patient).post("/api/invitations", {"invitation_url": invitation["invitation_url"]})
+        conn = await self.client(organisation).get(f"/api/invitations/{invitation['invitation_id']}/connection",
+                                                   wait=WAIT_S)
+        return conn["connection_id"], opened["connection_id"]
 
     async def issue(self, doctor: str, connection_id: str, order: dict) -> dict:
         created = await self.client(doctor).post("/api/prescriptions", {"connection_id": connection_id,
@@ -90,6 +91,14 @@ class Scenario:
         check = await self.client(pharmacy).post("/api/checks", {})
         await self.client(patient).post("/api/invitations", {"invitation_url": check["invitation_url"],
                                                              "credential_id": credential_id})
+        return await self.client(pharmacy).get(f"/api/checks/{check['check_id']}", wait=WAIT_S)
+
+    async def present_over_connection(self, pharmacy: str, patient: str, connections: tuple[str, str],
+                                      credential_id: str) -> dict:
+        """The patient, connected to the pharmacy, chooses the prescription; the pharmacy asks for it."""
+        pharmacy_side, patient_side = connections
+        await self.client(patient).post(f"/api/connections/{patient_side}/share", {"credential_id": credential_id})
+        check = await self.client(pharmacy).post("/api/checks", {"connection_id": pharmacy_side})
         return await self.client(pharmacy).get(f"/api/checks/{check['check_id']}", wait=WAIT_S)
 
     async def redeem(self, pharmacy: str, patient: str, credential_id: str) -> dict:

@@ -34,7 +34,7 @@ async def flow(network: Network):
     s = Scenario(network)
     cred_def_id = await s.onboard(DOCTOR, [PHARMACY_A, PHARMACY_B])
     s.cred_def_id = cred_def_id
-    s.connection_id = await s.connect(DOCTOR, PATIENT)
+    s.connection_id, _ = await s.connect(DOCTOR, PATIENT)
     yield s
     await s.close()
 
@@ -70,6 +70,18 @@ async def test_dispensing_decrements_the_token_and_is_recorded(network: Network,
     assert any(c["check_id"] == check["check_id"] and c["state"] == "dispensed" for c in history)
     view = await flow.client(DOCTOR).get(f"/api/prescriptions/{prescription['prescription_id']}")
     assert view["remaining_redemptions"] == 1 and view["status"] == "redeemed 1 of 2"
+
+
+async def test_presentation_over_a_connection(network: Network, flow: Scenario):
+    """Instead of a QR code per request, the patient's wallet is connected to the pharmacy."""
+    prescription, cred = await issue(flow)
+    connections = await flow.connect(PHARMACY_B, PATIENT)
+    check = await flow.present_over_connection(PHARMACY_B, PATIENT, connections, cred)
+    assert check["state"] == "verified", check
+    assert check["connection_id"] == connections[0]
+    assert check["prescription"]["prescription_id"] == prescription["prescription_id"]
+    dispensed = await flow.client(PHARMACY_B).post(f"/api/checks/{check['check_id']}/dispense")
+    assert dispensed["state"] == "dispensed" and dispensed["remaining_redemptions"] == 0
 
 
 async def test_untrusted_issuer_is_refused(network: Network, flow: Scenario):
