@@ -41,8 +41,9 @@ async def test_status_reports_every_component_healthy(network: Network):
     status = await network.status()
     doc = json.loads(json.dumps(status.model_dump(mode="json")))
     assert doc["healthy"] is True
-    assert set(doc["components"]) == {"indy-pool", "chain", "tails", "agent-doctor", "agent-pharmacy",
-                                      "agent-patient"}
+    agents = {a.name for a in network.settings.agents}
+    assert set(doc["components"]) == {"indy-pool", "chain", "tails"} | {f"agent-{a}" for a in agents} | {
+        f"controller-{a}" for a in agents}
     for name, comp in doc["components"].items():
         assert comp["healthy"] is True, (name, comp)
         assert isinstance(comp["detail"], str) and comp["detail"]
