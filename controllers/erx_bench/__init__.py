@@ -1,0 +1,1 @@
+"""Benchmarks comparable to the papers: ledger, agents, whole flow (`erx bench`)."""

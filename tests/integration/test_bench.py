@@ -1,0 +1,41 @@
+"""Each benchmark runs on a tiny load and emits the JSON its consumers read. Not a performance test:
+figures are printed by `./erx bench`, never asserted."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from erx_bench.agents import run_agents
+from erx_bench.flow import run_flow_bench
+from erx_bench.ledger import run_ledger
+from erx_core.network import Network
+
+pytestmark = pytest.mark.integration
+
+
+def assert_report(report: dict, keys: set[str]) -> dict:
+    doc = json.loads(json.dumps(report))  # JSON-serialisable as a whole
+    assert keys <= set(doc["summary"]), keys - set(doc["summary"])
+    for key in keys:
+        assert isinstance(doc["summary"][key], (int, float)) and doc["summary"][key] > 0, (key, doc["summary"])
+    return doc
+
+
+async def test_ledger_bench_quick():
+    doc = assert_report(await run_ledger(quick=True, progress=lambda m: None),
+                        {"token_ops_per_s", "create_tx_per_s", "spend_tx_per_s", "p50_latency_s", "p95_latency_s",
+                         "ceiling_tx_per_s"})
+    assert doc["summary"]["rejected_tx"] == 0
+    assert all(p["mined_tx"] == p["sent_tx"] for p in doc["phases"])
+
+
+async def test_agents_bench_quick(network: Network):
+    doc = assert_report(await run_agents(network, quick=True, progress=lambda m: None),
+                        {"issued_per_s", "verified_per_s", "ceiling_sign_per_s", "ceiling_verify_per_s"})
+    assert doc["summary"]["failed"] == 0
+
+
+async def test_flow_bench_quick(network: Network):
+    assert_report(await run_flow_bench(network, quick=True, progress=lambda m: None), {"p50_s", "p95_s"})
