@@ -74,6 +74,28 @@ def cmd_test(args) -> int:
     return subprocess.call(cmd, cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
+def cmd_bench(args) -> int:
+    import json
+
+    from erx_bench import agents, flow, ledger
+
+    progress = Progress()
+
+    async def run() -> dict:
+        if args.target == "ledger":  # starts its own EVM node: earlier state must not slow it down
+            return await ledger.run_ledger(quick=args.quick, progress=progress)
+        net = Network(Settings(), progress)
+        await net.up()
+        if args.target == "agents":
+            return await agents.run_agents(net, quick=args.quick, progress=progress)
+        return await flow.run_flow_bench(net, quick=args.quick, progress=progress)
+
+    report = asyncio.run(run())
+    render = {"ledger": ledger.render, "agents": agents.render, "flow": flow.render}[args.target]
+    print(json.dumps(report, indent=2) if args.json else render(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="erx", description="Decentralised e-prescriptions: local network and tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="bring the network up and run the end-to-end prescription flow")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("bench", help="benchmarks: ledger (own EVM node), agents and flow (on the network)")
+    p.add_argument("target", choices=["ledger", "agents", "flow"])
+    p.add_argument("--json", action="store_true", help="one JSON object; its `summary` holds the headline figures")
+    p.add_argument("--quick", action="store_true", help="a small load")
+    p.set_defaults(func=cmd_bench)
     p = sub.add_parser("test", help="set up and run the test suite (extra arguments go to pytest)")
     p.set_defaults(func=cmd_test)
     return parser
