@@ -86,7 +86,7 @@ class Sender:
 class Chain:
     rpc_url: str
     connections: int = 4
-    batch: int = 200
+    batch: int = 100
     mined_at: dict[str, float] = field(default_factory=dict)
     submitted_at: dict[str, float] = field(default_factory=dict)
     rejected: list[str] = field(default_factory=list)
@@ -137,7 +137,10 @@ class Chain:
             for t in chunk:
                 self.submitted_at[t.tx_hash] = now
             async with next(self._rr).post(self.rpc_url, json=body) as resp:
-                replies = await resp.json()
+                replies = await resp.json(content_type=None)
+            if isinstance(replies, dict):  # the whole batch was refused
+                self.rejected += [str(replies.get("error"))] * len(chunk)
+                return
             for reply in replies:
                 if "error" in reply:
                     self.rejected.append(str(reply["error"].get("message")))
@@ -178,9 +181,10 @@ class Chain:
 # -- the run ------------------------------------------------------------------------------------------
 @dataclass
 class Plan:
+    # Offered rates, the last beyond what the node absorbs: that phase is the saturation point. (Sending
+    # everything at once instead measures the node's intake queue, not throughput.)
     rates: list[float]
     phase_s: float
-    saturation_ops: int
     ceiling_txs: int
     batch_txs: int
     batch_size: int = 100
@@ -188,12 +192,12 @@ class Plan:
     @classmethod
     def of(cls, quick: bool) -> Plan:
         if quick:
-            return cls(rates=[100.0], phase_s=2.0, saturation_ops=300, ceiling_txs=300, batch_txs=2)
-        return cls(rates=[250.0, 500.0, 1000.0, 2000.0], phase_s=5.0, saturation_ops=12000, ceiling_txs=12000,
+            return cls(rates=[100.0, 300.0], phase_s=2.0, ceiling_txs=300, batch_txs=2)
+        return cls(rates=[250.0, 500.0, 1000.0, 1500.0, 2000.0, 2500.0], phase_s=5.0, ceiling_txs=12000,
                    batch_txs=20)
 
 
-async def run_ledger(quick: bool = False, n_doctors: int = 8, n_pharmacies: int = 8, progress=print) -> dict:
+async def run_ledger(quick: bool = False, n_doctors: int = 16, n_pharmacies: int = 16, progress=print) -> dict:
     plan = Plan.of(quick)
     with TemporaryDirectory(prefix="erx-bench-ledger-") as tmp:
         port = free_port()
@@ -290,41 +294,35 @@ async def _measure(rpc_url: str, plan: Plan, n_doctors: int, n_pharmacies: int, 
             await chain.wait_mined(mixed, plan.phase_s + 30)
             results.append(chain.result(f"offered {rate:.0f}/s", mixed, rate))
 
-        n = plan.saturation_ops
-        spend_keys = await prepared_tokens(n // 2)
-        create_txs, _ = creates(n - n // 2)
-        mixed = _interleave(create_txs, spends(spend_keys))
-        progress(f"ledger bench: saturation with {len(mixed)} operations")
-        await chain.send(mixed)
-        await chain.wait_mined(mixed, 120)
-        saturation = chain.result("saturation (creates + spends)", mixed)
-        results.append(saturation)
-
         keys = [Account.create() for _ in range(plan.batch_txs * plan.batch_size)]
         batched = batch_create(keys)
         await chain.send(batched)
         await chain.wait_mined(batched, 60)
         results.append(chain.result(f"createBatch x{plan.batch_size}", batched))
         rejected = len(chain.rejected)
+        if chain.rejected:
+            progress(f"ledger bench: {rejected} transactions rejected, e.g. {chain.rejected[0]}")
 
+    rate_phases = [r for r in results if r["offered_per_s"]]
     # Kept up: everything offered was included, 95 % of it within two 1 s blocks.
-    sustained = [r for r in results if r["offered_per_s"] and r["mined_tx"] == r["sent_tx"]
-                 and (r["p95_latency_s"] or 99) <= 2.0]
-    best_sustained = max(sustained, key=lambda r: r["ops_per_s"]) if sustained else None
+    sustained = [r for r in rate_phases if r["mined_tx"] == r["sent_tx"] and (r["p95_latency_s"] or 99) <= 2.0]
+    best = max(sustained or rate_phases, key=lambda r: r["ops_per_s"])
     summary = {
-        "token_ops_per_s": saturation["ops_per_s"],
-        "create_tx_per_s": saturation.get("create_per_s", 0.0),
-        "spend_tx_per_s": saturation.get("spend_per_s", 0.0),
-        "p50_latency_s": (best_sustained or saturation)["p50_latency_s"],
-        "p95_latency_s": (best_sustained or saturation)["p95_latency_s"],
+        "token_ops_per_s": best["ops_per_s"],
+        "create_tx_per_s": best.get("create_per_s", 0.0),
+        "spend_tx_per_s": best.get("spend_per_s", 0.0),
+        "p50_latency_s": best["p50_latency_s"],
+        "p95_latency_s": best["p95_latency_s"],
         "ceiling_tx_per_s": ceiling["ops_per_s"],
-        "ratio_to_ceiling": round(saturation["ops_per_s"] / ceiling["ops_per_s"], 3) if ceiling["ops_per_s"] else None,
-        "best_sustained_offered_per_s": best_sustained["offered_per_s"] if best_sustained else None,
+        "ratio_to_ceiling": round(best["ops_per_s"] / ceiling["ops_per_s"], 3) if ceiling["ops_per_s"] else None,
+        "at_offered_per_s": best["offered_per_s"],
+        "sustained": bool(sustained),
+        "saturation_ops_per_s": max(r["ops_per_s"] for r in rate_phases),
         "batched_tokens_per_s": results[-1]["ops_per_s"],
         "client_sign_tx_per_s": round(sign_rate, 1),
         "rejected_tx": rejected,
     }
-    return {"bench": "ledger", "quick": plan.saturation_ops < 1000, "block_time_s": 1, "machine": machine(),
+    return {"bench": "ledger", "quick": plan.ceiling_txs < 1000, "block_time_s": 1, "machine": machine(),
             "summary": summary, "phases": results}
 
 
@@ -337,7 +335,7 @@ def render(report: dict) -> str:
             "p50_latency_s", "p95_latency_s", "p99_latency_s"]
     s = report["summary"]
     return (table(report["phases"], cols) + "\n\n"
-            f"token operations: {s['token_ops_per_s']}/s at saturation "
-            f"({s['ratio_to_ceiling']} of the node's {s['ceiling_tx_per_s']} trivial tx/s); "
-            f"p50 {s['p50_latency_s']} s, p95 {s['p95_latency_s']} s at "
-            f"{s['best_sustained_offered_per_s']}/s offered; batched creation {s['batched_tokens_per_s']} tokens/s")
+            f"token operations: {s['token_ops_per_s']}/s {'sustained' if s['sustained'] else 'NOT sustained'} "
+            f"at {s['at_offered_per_s']:.0f}/s offered ({s['ratio_to_ceiling']} of the node's "
+            f"{s['ceiling_tx_per_s']} trivial tx/s), p50 {s['p50_latency_s']} s, p95 {s['p95_latency_s']} s; "
+            f"saturation {s['saturation_ops_per_s']}/s; batched creation {s['batched_tokens_per_s']} tokens/s")
