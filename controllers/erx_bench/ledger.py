@@ -331,6 +331,15 @@ def _interleave(a: list[Signed], b: list[Signed]) -> list[Signed]:
 
 
 def render(report: dict) -> str:
+    text = _render_own(report)
+    if caliper := report.get("caliper"):
+        text += "\n\nHyperledger Caliper (same contract, same node settings):\n" + table(
+            caliper["rounds"], ["name", "succ", "fail", "send_rate_tps", "throughput_tps", "avg_latency_s",
+                                "max_latency_s"]) + f"\nreport: {caliper.get('report_html')}"
+    return text
+
+
+def _render_own(report: dict) -> str:
     cols = ["phase", "offered_per_s", "sent_tx", "mined_tx", "ops_per_s", "create_per_s", "spend_per_s",
             "p50_latency_s", "p95_latency_s", "p99_latency_s"]
     s = report["summary"]
