@@ -35,6 +35,14 @@ def isolated_settings(home, *, block_time_s: float | None = 1.0) -> Settings:
     )
 
 
+def manual_wallet(name: str = "patient-manual") -> AgentSettings:
+    """A patient wallet that waits for its user (auto_respond off), on free ports: the browser tests
+    accept and share through its page."""
+    p = _ports(3)
+    return AgentSettings(name=name, role="patient", label="Test Patient (manual wallet)", inbound_port=p[0],
+                         admin_port=p[1], controller_port=p[2], public_did=False, auto_respond=False)
+
+
 def encodings(value: str) -> list[bytes]:
     """The ways a string could show up in chain data: raw, UTF-16, hashed, ABI-encoded, and hex of each."""
     import hashlib

@@ -39,7 +39,9 @@ async def run_agents(network: Network, quick: bool = False, concurrency: int | N
 
     n = 4 if quick else 60
     concurrency = concurrency or (2 if quick else 20)
-    roles = {a.role: a.name for a in network.settings.agents}
+    roles: dict[str, str] = {}
+    for a in network.settings.agents:  # the first agent of each role, as the demo does
+        roles.setdefault(a.role, a.name)
     doctor, pharmacy, patient = roles["doctor"], roles["pharmacy"], roles["patient"]
     s = Scenario(network)
     try:

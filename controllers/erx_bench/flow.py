@@ -14,7 +14,9 @@ STEPS = ["issue", "present", "dispense"]
 
 async def run_flow_bench(network: Network, quick: bool = False, progress=print) -> dict:
     rounds = 2 if quick else 20
-    roles = {a.role: a.name for a in network.settings.agents}
+    roles: dict[str, str] = {}
+    for a in network.settings.agents:  # the first agent of each role, as the demo does
+        roles.setdefault(a.role, a.name)
     doctor, pharmacy, patient = roles["doctor"], roles["pharmacy"], roles["patient"]
     s = Scenario(network)
     times: dict[str, list[float]] = {k: [] for k in STEPS + ["total"]}

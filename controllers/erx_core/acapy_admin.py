@@ -194,8 +194,21 @@ class AcaPyAdmin:
     async def verify_presentation(self, pres_ex_id: str) -> dict:
         return await self.post(f"/present-proof-2.0/records/{pres_ex_id}/verify-presentation", {})
 
-    async def credentials_for_request(self, pres_ex_id: str) -> list[dict]:
-        return await self.get(f"/present-proof-2.0/records/{pres_ex_id}/credentials")
+    async def credentials_for_request(self, pres_ex_id: str, page: int = 100) -> list[dict]:
+        """Every held credential that answers some of the request's referents. ACA-Py returns 10 unless
+        asked for more, so a wallet holding many prescriptions would miss the one the user chose."""
+        merged: dict[str, dict] = {}
+        start = 0
+        while True:
+            batch = await self.get(f"/present-proof-2.0/records/{pres_ex_id}/credentials", start=start, count=page)
+            for found in batch:  # each referent is queried on its own: merge what a credential answers
+                seen = merged.setdefault(found["cred_info"]["referent"], found)
+                if seen is not found:
+                    seen["presentation_referents"] = sorted(set(seen.get("presentation_referents", []))
+                                                            | set(found.get("presentation_referents", [])))
+            if len(batch) < page:
+                return list(merged.values())
+            start += page
 
     async def send_presentation(self, pres_ex_id: str, anoncreds: dict) -> dict:
         return await self.post(f"/present-proof-2.0/records/{pres_ex_id}/send-presentation",

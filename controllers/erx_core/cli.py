@@ -27,6 +27,7 @@ def _network(progress: Progress | None = None) -> Network:
 def cmd_up(args) -> int:
     net = _network()
     asyncio.run(net.up())
+    print("pages (sign in with the password of that name):", *net.page_lines(), sep="\n")
     print(f"state: {net.paths.home}   status: ./erx status   stop: ./erx down")
     return 0
 
@@ -70,6 +71,12 @@ def cmd_test(args) -> int:
     from erx_indy.node_venv import ensure_node_venv
     settings = Settings()
     ensure_node_venv(settings.paths.node_venv, settings.pool.base_python, Progress())
+    from erx_core.system_packages import PackageInstallError, ensure_packages
+    try:  # Chromium and zbarimg for the browser tests of the web pages
+        ensure_packages(Progress())
+    except PackageInstallError as exc:
+        print(f"erx: {exc}", file=sys.stderr)
+        return 2
     cmd = [sys.executable, "-m", "pytest", *args.pytest_args]
     return subprocess.call(cmd, cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -83,7 +90,11 @@ def cmd_bench(args) -> int:
 
     async def run() -> dict:
         if args.target == "ledger":  # starts its own EVM node: earlier state must not slow it down
-            return await ledger.run_ledger(quick=args.quick, progress=progress)
+            report = await ledger.run_ledger(quick=args.quick, progress=progress)
+            if args.caliper or (not args.quick and not args.no_caliper):
+                from erx_bench.caliper import run_caliper  # Hyperledger Caliper, as seed 000 measured with
+                report["caliper"] = await run_caliper(quick=args.quick, progress=progress)
+            return report
         net = Network(Settings(), progress)
         await net.up()
         if args.target == "agents":
@@ -115,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", choices=["ledger", "agents", "flow"])
     p.add_argument("--json", action="store_true", help="one JSON object; its `summary` holds the headline figures")
     p.add_argument("--quick", action="store_true", help="a small load")
+    p.add_argument("--caliper", action="store_true", help="ledger: also run Hyperledger Caliper (default unless --quick)")
+    p.add_argument("--no-caliper", action="store_true", help="ledger: skip Hyperledger Caliper")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("test", help="set up and run the test suite (extra arguments go to pytest)")
     p.set_defaults(func=cmd_test)

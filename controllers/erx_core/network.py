@@ -78,6 +78,8 @@ class ControllerStatus(ComponentStatus):
 class NetworkStatus(BaseModel):
     healthy: bool
     components: dict[str, SerializeAsAny[ComponentStatus]]
+    # web pages: the first agent of each role under its role (doctor, pharmacy, patient), others by name
+    pages: dict[str, str] = {}
 
 
 class Network:
@@ -181,6 +183,24 @@ class Network:
 
     def controller_url(self, agent_name: str) -> str:
         return self.settings.url(self.settings.agent(agent_name).controller_port)
+
+    def page_url(self, agent_name: str) -> str:
+        """The agent's web page (doctor's practice, pharmacy counter, patient wallet), served by its controller."""
+        return self.controller_url(agent_name) + "/"
+
+    def pages(self) -> dict[str, str]:
+        pages: dict[str, str] = {}
+        for a in self.settings.agents:
+            pages[a.name if a.role in pages else a.role] = self.page_url(a.name)
+        return pages
+
+    def page_lines(self) -> list[str]:
+        """What `erx up` prints: each page, and where its sign-in password is kept (never the password)."""
+        lines = []
+        for a in self.settings.agents:
+            name = self.secrets.page_password_name(a.name, a.role)
+            lines.append(f"  {a.name:<16} {self.page_url(a.name):<28} password: \"{name}\" in {self.paths.secrets}")
+        return lines
 
     def admin(self, agent_name: str) -> AcaPyAdmin:
         agent = self.settings.agent(agent_name)
@@ -382,7 +402,8 @@ class Network:
         names = (["indy-pool", "chain", "tails"] + [f"agent-{a.name}" for a in self.settings.agents]
                  + [f"controller-{a.name}" for a in self.settings.agents])
         components = dict(zip(names, results))
-        return NetworkStatus(healthy=all(c.healthy for c in components.values()), components=components)
+        return NetworkStatus(healthy=all(c.healthy for c in components.values()), components=components,
+                             pages=self.pages())
 
     async def _pool_status(self) -> PoolStatus:
         total = len(self.settings.pool.node_ports)

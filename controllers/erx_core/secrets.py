@@ -7,6 +7,7 @@ logging a model never shows them.
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import os
@@ -25,6 +26,16 @@ def new_seed() -> str:
 
 def new_key() -> str:
     return _random.token_urlsafe(32)
+
+
+def new_password() -> str:
+    """A password people paste rather than type: 96 random bits."""
+    return _random.token_urlsafe(12)
+
+
+def new_fernet_key() -> str:
+    """The 32-byte key, base64url, that encrypted session cookies (Fernet) take."""
+    return base64.urlsafe_b64encode(_random.token_bytes(32)).decode()
 
 
 class SecretStore:
@@ -68,3 +79,16 @@ class SecretStore:
     def controller_api_key(self, agent: str) -> SecretStr:
         """Bearer token of the controller's JSON API."""
         return self.get(f"controller-api-key:{agent}")
+
+    @staticmethod
+    def page_password_name(agent: str, role: str) -> str:
+        """Where an agent's web page password is kept: staff of an organisation, or the wallet's holder."""
+        return f"{'wallet' if role == 'patient' else 'staff'}-password:{agent}"
+
+    def page_password(self, agent: str, role: str) -> SecretStr:
+        """Sign-in password of an agent's web page."""
+        return self.get(self.page_password_name(agent, role), new_password)
+
+    def session_key(self, agent: str) -> SecretStr:
+        """Encrypts the web page's session cookies."""
+        return self.get(f"session-key:{agent}", new_fernet_key)

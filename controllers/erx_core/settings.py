@@ -73,6 +73,9 @@ class AgentSettings(BaseModel):
     controller_port: int
     # Organisations get a public DID (ENDORSER) on the pool; a patient's wallet does not.
     public_did: bool = True
+    # Patient wallets only: accept offers and answer proof requests on their own, like a user who always
+    # taps "accept" and "share". Off, they wait for the wallet page (or the API) to decide.
+    auto_respond: bool = True
 
 
 def _default_agents() -> list[AgentSettings]:

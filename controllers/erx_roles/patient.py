@@ -1,9 +1,10 @@
 """The patient's wallet stand-in: a holder agent with a small controller.
 
-It does what a mobile wallet's user does: open an invitation link (scanned QR code), accept a
-credential offer, and answer a proof request revealing exactly what was asked. By default it
-answers on its own (`auto_respond`), like a user tapping "accept" and "share"; with it off,
-offers and requests wait for `accept` / `approve` / `decline` through the API.
+It does what a mobile wallet's user does: open an invitation link (scanned QR code, long or short),
+accept a credential offer, and answer a proof request revealing exactly what was asked. By default it
+answers on its own (`auto_respond`, a per-agent setting), like a user tapping "accept" and "share";
+with it off, offers and requests wait for `accept` / `approve` / `decline` through the wallet page or
+the API, which show exactly what would be disclosed.
 
 Which prescription to present is the user's choice: a credential may be named when opening the
 invitation (the wallet's "share this prescription" flow); otherwise the newest matching one is used.
@@ -11,18 +12,17 @@ invitation (the wallet's "share this prescription" flow); otherwise the newest m
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
-from urllib.parse import parse_qs, urlparse
+import time
 
 from aiohttp import web
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 from erx_core.acapy_admin import AdminApiError
 from erx_core.events import Payload
 from erx_roles.context import RoleContext
-from erx_roles.http import ApiError, json_response, parse_body
+from erx_roles.http import ApiError, json_response, not_found, parse_body
+from erx_roles.invitations import decode_invitation, invitation_from_url  # noqa: F401 (decode_invitation lived here)
 
 LOG = logging.getLogger("erx.patient")
 ISSUE_TOPIC = "issue_credential_v2_0"
@@ -39,22 +39,112 @@ class Share(BaseModel):
     credential_id: str = Field(min_length=1)
 
 
+class Approve(BaseModel):
+    credential_id: str | None = None
+
+
 class HeldCredential(BaseModel):
     credential_id: str
     cred_def_id: str
     attributes: dict[str, str]
 
 
-def decode_invitation(url: str) -> dict:
-    """The out-of-band invitation carried in an invitation URL (`?oob=` base64url JSON)."""
-    query = parse_qs(urlparse(url).query)
-    encoded = (query.get("oob") or query.get("c_i") or [None])[0]
-    if not encoded:
-        raise ApiError(422, "not an invitation link: no ?oob= parameter")
-    try:
-        return json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
-    except (ValueError, json.JSONDecodeError):
-        raise ApiError(422, "the invitation link's ?oob= parameter is not base64url JSON") from None
+class OpenedInvitation(BaseModel):
+    """Who invited the wallet: names the verifier of a connectionless proof request."""
+
+    invitation_id: str
+    label: str
+    opened_at: float = Field(default_factory=time.time)
+
+
+class Attribute(BaseModel):
+    name: str
+    value: str  # exactly what is disclosed, or a mask for the token's secret key
+    masked: bool = False
+    readable: str = ""  # the value as people read it, where that differs (dates)
+
+
+class OfferView(BaseModel):
+    cred_ex_id: str
+    issuer: str
+    comment: str = ""
+    attributes: list[Attribute]
+    created_at: str | None = None
+
+
+class PredicateCheck(BaseModel):
+    statement: str  # e.g. "valid until ≥ 2026-11-21": proven, the value itself is not disclosed
+    yours: str      # the credential's own value, shown to its holder only
+    satisfied: bool
+
+
+class Candidate(BaseModel):
+    """One held credential that could answer a proof request, with what answering would disclose."""
+
+    credential_id: str
+    title: str
+    issue_date: str
+    disclosed: list[Attribute]
+    predicates: list[PredicateCheck]
+
+    @computed_field
+    @property
+    def usable(self) -> bool:
+        return all(p.satisfied for p in self.predicates)
+
+
+class RequestView(BaseModel):
+    pres_ex_id: str
+    verifier: str
+    name: str
+    attribute_names: list[str]
+    predicates: list[str]
+    candidates: list[Candidate]
+    chosen: str | None = None  # the credential preselected (named when the invitation was opened, or newest)
+    created_at: str | None = None
+
+
+TOKEN_KEY = "token_secret_key"
+MASK = "•••••••• (one-time redemption key, masked)"
+DATE_ATTRIBUTES = {"patient_birth_date", "valid_from", "valid_until", "issue_date"}
+SYMBOLS = {">=": "≥", ">": ">", "<=": "≤", "<": "<"}
+
+
+def readable(name: str, value: str) -> str:
+    """An attribute value as people read it: YYYYMMDD dates as ISO dates."""
+    if name in DATE_ATTRIBUTES and len(value) == 8 and value.isdigit():
+        return f"{value[:4]}-{value[4:6]}-{value[6:]}"
+    return value
+
+
+def predicate_statement(predicate: dict) -> str:
+    name = predicate["name"]
+    return (f"{name.replace('_', ' ')} {SYMBOLS.get(predicate['p_type'], predicate['p_type'])} "
+            f"{readable(name, str(predicate['p_value']))}")
+
+
+def disclosed(attrs: dict[str, str], names: list[str]) -> list[Attribute]:
+    def attribute(name: str) -> Attribute:
+        if name == TOKEN_KEY:
+            return Attribute(name=name, value=MASK, masked=True)
+        value = attrs.get(name, "")
+        shown = readable(name, value)
+        return Attribute(name=name, value=value, readable=shown if shown != value else "")
+    return [attribute(n) for n in names]
+
+
+def requested_names(request: dict) -> list[str]:
+    names: list[str] = []
+    for group in request.get("requested_attributes", {}).values():
+        names += group.get("names") or [group["name"]]
+    return names
+
+
+def credential_title(attrs: dict[str, str]) -> str:
+    medication = " ".join(v for v in (attrs.get("medication_name"), attrs.get("medication_strength"),
+                                      attrs.get("medication_form")) if v)
+    issued = readable("issue_date", attrs.get("issue_date", ""))
+    return f"{medication or 'credential'}, issued {issued} by {attrs.get('prescriber_name', '?')}"
 
 
 class PatientService:
@@ -63,27 +153,28 @@ class PatientService:
         self.auto_respond = auto_respond
         # invitation id or connection id -> credential the user chose to share there
         self._chosen: dict[str, str] = {}
+        self.opened = ctx.store.table("opened_invitation", OpenedInvitation)
         ctx.bus.subscribe(ISSUE_TOPIC, self._on_issue_event)
         ctx.bus.subscribe(PROOF_TOPIC, self._on_proof_event)
 
     async def open_invitation(self, body: OpenInvitation) -> dict:
-        invitation = decode_invitation(body.invitation_url)
+        invitation = await invitation_from_url(body.invitation_url)
         if body.credential_id:
             self._chosen[invitation.get("@id", "")] = body.credential_id
+        self.opened.put(invitation.get("@id", ""), OpenedInvitation(
+            invitation_id=invitation.get("@id", ""), label=str(invitation.get("label") or "unnamed")[:200]))
         try:
             record = await self.ctx.admin.receive_invitation(invitation)
         except AdminApiError as exc:
             raise ApiError(422, f"the wallet could not use this invitation: {exc.reason}") from None
         return {"oob_id": record.get("oob_id"), "connection_id": record.get("connection_id"),
-                "state": record.get("state")}
+                "state": record.get("state"), "label": invitation.get("label")}
 
     async def _on_issue_event(self, topic: str, payload: Payload) -> None:
-        if not self.auto_respond:
-            return
         state, cred_ex_id = payload.get("state"), payload.get("cred_ex_id")
-        if state == "offer-received":
+        if state == "offer-received" and self.auto_respond:
             await self.ctx.admin.send_credential_request(cred_ex_id)
-        elif state == "credential-received":
+        elif state == "credential-received":  # only ever after the wallet (or its user) asked for it
             await self.ctx.admin.post(f"/issue-credential-2.0/records/{cred_ex_id}/store", {})
 
     async def _on_proof_event(self, topic: str, payload: Payload) -> None:
@@ -133,6 +224,101 @@ class PatientService:
         pres_request = record.get("pres_request") or {}
         return (pres_request.get("~thread") or {}).get("pthid", "")
 
+    # -- the user decides (auto_respond off) ------------------------------------------------------
+    async def _label(self, connection_id: str | None, invitation_id: str = "") -> str:
+        if connection_id:
+            try:
+                return (await self.ctx.admin.connection(connection_id)).get("their_label") or "unnamed connection"
+            except AdminApiError:
+                return "unknown connection"
+        opened = self.opened.get(invitation_id) if invitation_id else None
+        return opened.label if opened else "unknown (no connection)"
+
+    async def offers(self) -> list[OfferView]:
+        """Credential offers waiting for the user, newest first."""
+        found = await self.ctx.admin.get("/issue-credential-2.0/records", state="offer-received")
+        views = []
+        for item in found.get("results", []):
+            record = item.get("cred_ex_record") or {}
+            offer = record.get("cred_offer") or {}
+            preview = (offer.get("credential_preview") or record.get("cred_preview") or {}).get("attributes", [])
+            views.append(OfferView(
+                cred_ex_id=record["cred_ex_id"], issuer=await self._label(record.get("connection_id")),
+                comment=offer.get("comment") or "", created_at=record.get("created_at"),
+                attributes=disclosed({a["name"]: a["value"] for a in preview}, [a["name"] for a in preview])))
+        return sorted(views, key=lambda v: v.created_at or "", reverse=True)
+
+    async def _offer(self, cred_ex_id: str) -> dict:
+        try:
+            record = (await self.ctx.admin.credential_exchange(cred_ex_id)).get("cred_ex_record") or {}
+        except AdminApiError as exc:
+            if exc.status in (400, 404):
+                raise not_found(f"offer {cred_ex_id}") from None
+            raise
+        if record.get("state") != "offer-received":
+            raise ApiError(409, f"the offer is {record.get('state')}, no longer waiting for an answer")
+        return record
+
+    async def accept_offer(self, cred_ex_id: str) -> dict:
+        await self._offer(cred_ex_id)
+        await self.ctx.admin.send_credential_request(cred_ex_id)  # stored when it arrives (_on_issue_event)
+        return {"cred_ex_id": cred_ex_id, "state": "request-sent"}
+
+    async def decline_offer(self, cred_ex_id: str, reason: str = "declined by the wallet's user") -> dict:
+        await self._offer(cred_ex_id)
+        await self.ctx.admin.post(f"/issue-credential-2.0/records/{cred_ex_id}/problem-report",
+                                  {"description": reason})
+        return {"cred_ex_id": cred_ex_id, "state": "declined"}
+
+    async def requests(self) -> list[RequestView]:
+        """Proof requests waiting for the user, each with every held credential that could answer it."""
+        found = await self.ctx.admin.get("/present-proof-2.0/records", state="request-received")
+        views = [await self._request_view(r) for r in found.get("results", [])]
+        return sorted(views, key=lambda v: v.created_at or "", reverse=True)
+
+    async def request_view(self, pres_ex_id: str) -> RequestView:
+        try:
+            record = await self.ctx.admin.presentation_exchange(pres_ex_id)
+        except AdminApiError as exc:
+            if exc.status in (400, 404):
+                raise not_found(f"proof request {pres_ex_id}") from None
+            raise
+        if record.get("state") != "request-received":
+            raise ApiError(409, f"the request is {record.get('state')}, no longer waiting for an answer")
+        return await self._request_view(record)
+
+    async def _request_view(self, record: dict) -> RequestView:
+        request = ((record.get("by_format") or {}).get("pres_request") or {}).get("anoncreds") or {}
+        names = requested_names(request)
+        predicates = list(request.get("requested_predicates", {}).values())
+        referents = set(request.get("requested_attributes", {})) | set(request.get("requested_predicates", {}))
+        candidates = []
+        for c in await self.ctx.admin.credentials_for_request(record["pres_ex_id"]):
+            if not referents <= set(c.get("presentation_referents", [])):
+                continue
+            attrs = c["cred_info"]["attrs"]
+            candidates.append(Candidate(
+                credential_id=c["cred_info"]["referent"], title=credential_title(attrs),
+                issue_date=attrs.get("issue_date", ""),
+                disclosed=disclosed(attrs, names),
+                predicates=[PredicateCheck(statement=predicate_statement(p),
+                                           yours=readable(p["name"], attrs.get(p["name"], "")),
+                                           satisfied=_satisfies(attrs, p)) for p in predicates]))
+        # newest first; a credential the user named when opening the invitation is preselected
+        candidates.sort(key=lambda c: c.issue_date, reverse=True)
+        named = self._chosen.get(self._invitation_id(record)) or self._chosen.get(record.get("connection_id") or "")
+        chosen = named if any(c.credential_id == named for c in candidates) else \
+            next((c.credential_id for c in candidates if c.usable), None)
+        return RequestView(pres_ex_id=record["pres_ex_id"], name=request.get("name", "proof request"),
+                           verifier=await self._label(record.get("connection_id"), self._invitation_id(record)),
+                           attribute_names=names, predicates=[predicate_statement(p) for p in predicates],
+                           candidates=candidates, chosen=chosen, created_at=record.get("created_at"))
+
+    async def decline(self, pres_ex_id: str, reason: str = "declined by the wallet's user") -> dict:
+        await self.request_view(pres_ex_id)  # 404 / 409 unless it is waiting for an answer
+        await self.ctx.admin.problem_report(pres_ex_id, reason)
+        return {"pres_ex_id": pres_ex_id, "state": "declined"}
+
     async def credentials(self, prescription_id: str | None = None) -> list[HeldCredential]:
         wql = {"attr::prescription_id::value": prescription_id} if prescription_id else None
         # The token's secret key stays in the wallet: nothing that lists credentials needs it.
@@ -156,11 +342,38 @@ class PatientService:
         async def credentials(request: web.Request) -> web.Response:
             return json_response(await self.credentials(request.query.get("prescription_id")))
 
+        async def offers(_: web.Request) -> web.Response:
+            return json_response(await self.offers())
+
+        async def accept_offer(request: web.Request) -> web.Response:
+            return json_response(await self.accept_offer(request.match_info["cred_ex_id"]))
+
+        async def decline_offer(request: web.Request) -> web.Response:
+            return json_response(await self.decline_offer(request.match_info["cred_ex_id"]))
+
+        async def requests(_: web.Request) -> web.Response:
+            return json_response(await self.requests())
+
+        async def approve(request: web.Request) -> web.Response:
+            body = await parse_body(request, Approve)
+            pres_ex_id = request.match_info["pres_ex_id"]
+            await self.request_view(pres_ex_id)
+            return json_response(await self.approve(pres_ex_id, body.credential_id))
+
+        async def decline(request: web.Request) -> web.Response:
+            return json_response(await self.decline(request.match_info["pres_ex_id"]))
+
         return [
             web.get("/api/status", status),
             web.post("/api/invitations", open_invitation),
             web.get("/api/credentials", credentials),
             web.post("/api/connections/{connection_id}/share", share),
+            web.get("/api/offers", offers),
+            web.post("/api/offers/{cred_ex_id}/accept", accept_offer),
+            web.post("/api/offers/{cred_ex_id}/decline", decline_offer),
+            web.get("/api/requests", requests),
+            web.post("/api/requests/{pres_ex_id}/approve", approve),
+            web.post("/api/requests/{pres_ex_id}/decline", decline),
         ]
 
 

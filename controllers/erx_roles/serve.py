@@ -1,4 +1,4 @@
-"""Run one role's controller: its agent's webhooks in, its JSON API out.
+"""Run one role's controller: its agent's webhooks in, its JSON API and web page out.
 
     python -m erx_roles.serve --agent doctor --settings .erx/run/settings.json
 
@@ -20,6 +20,7 @@ from erx_core.settings import Settings
 from erx_roles.context import RoleContext
 from erx_roles.doctor import DoctorService
 from erx_roles.http import api_middlewares, json_response
+from erx_roles.pages import mount_pages
 from erx_roles.patient import PatientService
 from erx_roles.pharmacy import PharmacyService
 
@@ -39,7 +40,7 @@ async def build_app(network: Network, agent_name: str) -> web.Application:
         if finished := await service.recover():
             LOG.info("finished %d dispense(s) interrupted by a restart", len(finished))
     else:
-        service = PatientService(ctx)
+        service = PatientService(ctx, auto_respond=ctx.agent.auto_respond)
 
     async def health(_: web.Request) -> web.Response:
         return json_response({"status": "ok", "role": role, "agent": agent_name})
@@ -47,6 +48,7 @@ async def build_app(network: Network, agent_name: str) -> web.Application:
     app = web.Application(middlewares=api_middlewares(network.secrets.controller_api_key(agent_name)))
     app.add_routes(webhook_routes(ctx.bus, network.secrets.webhook_key(agent_name)))
     app.add_routes([web.get("/health", health), *service.routes()])
+    mount_pages(app, network, ctx, service)
     app["service"] = service
 
     async def close(_: web.Application) -> None:

@@ -1,0 +1,181 @@
+"""The practice's page: connect a patient's wallet by QR code, write a prescription, follow its status
+(offered / issued / redeemed n of m / revoked / expired), revoke it."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from itertools import islice
+from typing import Any
+
+from aiohttp import web
+from aiohttp_session import get_session
+from pydantic import ValidationError
+
+from erx_roles.connections import create_invitation
+from erx_roles.doctor import DoctorService, IssueRequest, PrescriptionState
+from erx_roles.http import ApiError, not_found
+from erx_roles.invitations import ShortLinks
+from erx_roles.pages.web import LiveHub, flash, fragment, render, see_other, text_fields
+from erx_schemas.prescription import CODE_SYSTEMS
+
+LISTED = 50
+# form field -> where it goes in the API's IssueRequest
+ORDER_FIELDS: dict[str, tuple[str, ...]] = {
+    "connection_id": ("connection_id",),
+    "patient_name": ("order", "patient_name"),
+    "patient_birth_date": ("order", "patient_birth_date"),
+    "medication_name": ("order", "medication", "name"),
+    "medication_code": ("order", "medication", "code"),
+    "medication_code_system": ("order", "medication", "code_system"),
+    "medication_strength": ("order", "medication", "strength"),
+    "medication_form": ("order", "medication", "form"),
+    "dosage_instructions": ("order", "dosage_instructions"),
+    "quantity": ("order", "quantity"),
+    "redemptions": ("order", "redemptions"),
+    "valid_from": ("order", "valid_from"),
+    "valid_until": ("order", "valid_until"),
+}
+FIELD_OF = {path: name for name, path in ORDER_FIELDS.items()}
+
+
+def issue_request_from_form(form) -> tuple[IssueRequest | None, dict[str, str]]:
+    """The prescription form as the API's request, or one message per field that is wrong."""
+    doc: dict[str, Any] = {"order": {"medication": {}}}
+    for name, value in text_fields(form).items():
+        if path := ORDER_FIELDS.get(name):
+            target = doc
+            for part in path[:-1]:
+                target = target[part]
+            target[path[-1]] = value
+    try:
+        return IssueRequest.model_validate(doc), {}
+    except ValidationError as exc:
+        errors: dict[str, str] = {}
+        for e in exc.errors(include_url=False, include_input=False):
+            message = e["msg"].removeprefix("Value error, ")
+            name = FIELD_OF.get(tuple(str(p) for p in e["loc"])) or _named_in(message) or "form"
+            errors.setdefault(name, message)
+        return None, errors
+
+
+def _named_in(message: str) -> str | None:
+    """The field a whole-order rule is about (e.g. "valid_until must not be before valid_from")."""
+    return next((name for name in ORDER_FIELDS if message.startswith(name)), None)
+
+
+def blank_form(connection_id: str = "") -> dict[str, str]:
+    today = dt.date.today()
+    return {"connection_id": connection_id, "medication_code_system": "ATC", "redemptions": "1",
+            "valid_from": today.isoformat(), "valid_until": (today + dt.timedelta(days=28)).isoformat()}
+
+
+class DoctorPages:
+    def __init__(self, service: DoctorService, links: ShortLinks, live: LiveHub):
+        self.service, self.ctx, self.links, self.live = service, service.ctx, links, live
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/", self.home),
+            web.post("/invitations", self.new_invitation),
+            web.post("/prescriptions", self.issue),
+            web.get("/prescriptions/{prescription_id}/revoke", self.confirm_revoke),
+            web.post("/prescriptions/{prescription_id}/revoke", self.revoke),
+            web.get("/fragments/invitation", self.invitation_fragment),
+            web.get("/fragments/patients", self.patients_fragment),
+            web.get("/fragments/prescriptions", self.prescriptions_fragment),
+        ]
+
+    # -- what the page shows ---------------------------------------------------------------------
+    async def _invitation(self, request: web.Request) -> dict | None:
+        """The invitation this session showed last, and the patient who connected through it."""
+        invitation_id = (await get_session(request)).get("invitation_id")
+        link = self.links.for_ref(invitation_id) if invitation_id else None
+        if link is None:
+            return None
+        found = await self.ctx.admin.get("/connections", invitation_msg_id=invitation_id)
+        active = [c for c in found.get("results", []) if c.get("state") in ("active", "completed")]
+        return {"invitation_id": invitation_id, "short_url": self.links.url(link), "qr": self.links.qr_path(link),
+                "long_url": link.invitation_url,
+                "connection": {"connection_id": active[0]["connection_id"],
+                               "label": active[0].get("their_label") or "unnamed wallet"} if active else None}
+
+    async def _patients(self) -> list[dict]:
+        found = await self.ctx.admin.get("/connections", state="active")
+        patients = [{"connection_id": c["connection_id"], "label": c.get("their_label") or "unnamed wallet",
+                     "since": c.get("created_at")} for c in found.get("results", [])]
+        return sorted(patients, key=lambda p: p["since"] or "", reverse=True)
+
+    async def _prescriptions(self) -> list:
+        records = list(islice(self.service.records.all(), LISTED))
+        return list(await asyncio.gather(*(self.service.view(r) for r in records)))
+
+    async def _context(self, request: web.Request, form: dict | None = None,
+                       errors: dict | None = None) -> dict[str, Any]:
+        invitation = await self._invitation(request)
+        connected = (invitation or {}).get("connection") or {}
+        form = form or blank_form(request.query.get("connection_id") or connected.get("connection_id", ""))
+        patients, prescriptions = await asyncio.gather(self._patients(), self._prescriptions())
+        return {"invitation": invitation, "patients": patients, "prescriptions": prescriptions, "form": form,
+                "errors": errors or {}, "code_systems": sorted(CODE_SYSTEMS), "cred_def_id": self.service.cred_def_id}
+
+    async def home(self, request: web.Request) -> web.Response:
+        return await render(request, "doctor.html", await self._context(request))
+
+    async def invitation_fragment(self, request: web.Request) -> web.Response:
+        return await fragment(request, "doctor/_invitation.html", {"invitation": await self._invitation(request)})
+
+    async def patients_fragment(self, request: web.Request) -> web.Response:
+        invitation = await self._invitation(request)
+        selected = request.query.get("selected") or ((invitation or {}).get("connection") or {}).get("connection_id")
+        return await fragment(request, "doctor/_patient_options.html",
+                              {"patients": await self._patients(), "form": {"connection_id": selected or ""}})
+
+    async def prescriptions_fragment(self, request: web.Request) -> web.Response:
+        return await fragment(request, "doctor/_prescriptions.html", {"prescriptions": await self._prescriptions()})
+
+    # -- what the doctor does -----------------------------------------------------------------------
+    async def new_invitation(self, request: web.Request) -> web.Response:
+        invitation = await create_invitation(self.ctx, alias="patient")
+        self.links.create(invitation.invitation_id, invitation.invitation_url)
+        (await get_session(request))["invitation_id"] = invitation.invitation_id
+        raise see_other("/#connect")
+
+    async def issue(self, request: web.Request) -> web.Response:
+        form = {k: v for k, v in (await request.post()).items() if isinstance(v, str) and not k.startswith("_")}
+        body, errors = issue_request_from_form(form)
+        status = 422
+        if body is not None:
+            try:
+                record = await self.service.issue(body.connection_id, body.order)
+            except ApiError as exc:  # no such connection, not onboarded, the chain or agent refused
+                status, errors = exc.status, {"connection_id" if "connection" in exc.reason else "form": exc.reason}
+            else:
+                self.live.notify("prescription")
+                await flash(request, f"Prescription for {record.order.medication.name} offered to the patient's "
+                                     "wallet; it is issued once the wallet accepts.")
+                raise see_other("/#prescriptions")
+        return await render(request, "doctor.html", await self._context(request, form, errors), status=status)
+
+    def _record(self, request: web.Request):
+        record = self.service.records.get(request.match_info["prescription_id"])
+        if record is None:
+            raise not_found("prescription")
+        return record
+
+    async def confirm_revoke(self, request: web.Request) -> web.Response:
+        record = self._record(request)
+        return await render(request, "doctor_revoke.html", {"p": await self.service.view(record),
+                                                            "revocable": record.state == PrescriptionState.ISSUED})
+
+    async def revoke(self, request: web.Request) -> web.Response:
+        record = self._record(request)
+        try:
+            await self.service.revoke(record.prescription_id)
+        except ApiError as exc:
+            await flash(request, f"Not revoked: {exc.reason}", "error")
+        else:
+            self.live.notify("prescription")
+            await flash(request, f"Revoked: {record.order.medication.name} for {record.order.patient_name}. "
+                                 "Its token is cancelled; no pharmacy can redeem it any more.")
+        raise see_other("/#prescriptions")

@@ -1,0 +1,138 @@
+"""The pharmacy's page: ask for a prescription by QR code (or over a connection to a customer's wallet),
+see it checked, dispense it (the token is spent then) or see the one reason it was refused; the
+dispense history and the trusted prescribers."""
+
+from __future__ import annotations
+
+from itertools import islice
+from typing import Any
+
+from aiohttp import web
+from aiohttp_session import get_session
+from pydantic import ValidationError
+
+from erx_roles.connections import create_invitation
+from erx_roles.http import ApiError, not_found
+from erx_roles.invitations import ShortLinks
+from erx_roles.pages.web import LiveHub, field_errors, flash, fragment, render, see_other, text_fields
+from erx_roles.pharmacy import CheckState, PharmacyService, TrustedPrescriber
+from erx_schemas.prescription import REFUSAL_TEXT
+
+LISTED = 50
+
+
+class PharmacyPages:
+    def __init__(self, service: PharmacyService, links: ShortLinks, live: LiveHub):
+        self.service, self.ctx, self.links, self.live = service, service.ctx, links, live
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/", self.home),
+            web.post("/checks", self.new_check),
+            web.get("/checks/{check_id}", self.check_page),
+            web.post("/checks/{check_id}/dispense", self.dispense),
+            web.post("/invitations", self.new_invitation),
+            web.post("/trusted", self.add_trusted),
+            web.post("/trusted/remove", self.remove_trusted),
+            web.get("/fragments/check/{check_id}", self.check_fragment),
+            web.get("/fragments/customers", self.customers_fragment),
+            web.get("/fragments/history", self.history_fragment),
+        ]
+
+    # -- what the page shows ---------------------------------------------------------------------------
+    def _check(self, check_id: str) -> dict[str, Any]:
+        check = self.service.checks.get(check_id)
+        if check is None:
+            raise not_found("check")
+        view: dict[str, Any] = {"c": check, "link": None, "refusal_text": None, "trusted": None}
+        if check.refusal is not None:
+            view["refusal_text"] = REFUSAL_TEXT[check.refusal.reason]
+        if check.cred_def_id:
+            view["trusted"] = self.service.trusted.get(check.cred_def_id)
+        if check.invitation_url and (link := self.links.for_ref(check.check_id)):
+            view["link"] = {"short_url": self.links.url(link), "qr": self.links.qr_path(link),
+                          "long_url": check.invitation_url, "invitation_id": check.check_id}
+        return view
+
+    async def _customers(self, request: web.Request) -> dict[str, Any]:
+        """Wallets connected to this pharmacy, and the invitation this session showed last."""
+        found = await self.ctx.admin.get("/connections", state="active")
+        customers = sorted(({"connection_id": c["connection_id"], "label": c.get("their_label") or "unnamed wallet",
+                             "since": c.get("created_at")} for c in found.get("results", [])),
+                           key=lambda c: c["since"] or "", reverse=True)
+        invitation = None
+        invitation_id = (await get_session(request)).get("invitation_id")
+        if invitation_id and (link := self.links.for_ref(invitation_id)):
+            invitation = {"short_url": self.links.url(link), "qr": self.links.qr_path(link),
+                          "long_url": link.invitation_url, "invitation_id": invitation_id}
+        return {"customers": customers, "invitation": invitation}
+
+    def _history(self) -> list:
+        return list(islice(self.service.checks.all(), LISTED))
+
+    async def home(self, request: web.Request, trusted_form: dict | None = None,
+                   errors: dict | None = None, status: int = 200) -> web.Response:
+        return await render(request, "pharmacy.html", {
+            **await self._customers(request), "history": self._history(), "trusted": list(self.service.trusted.all()),
+            "trusted_form": trusted_form or {}, "errors": errors or {}}, status=status)
+
+    async def check_page(self, request: web.Request) -> web.Response:
+        return await render(request, "pharmacy_check.html", self._check(request.match_info["check_id"]))
+
+    async def check_fragment(self, request: web.Request) -> web.Response:
+        return await fragment(request, "pharmacy/_check.html", self._check(request.match_info["check_id"]))
+
+    async def customers_fragment(self, request: web.Request) -> web.Response:
+        return await fragment(request, "pharmacy/_customers.html", await self._customers(request))
+
+    async def history_fragment(self, request: web.Request) -> web.Response:
+        return await fragment(request, "pharmacy/_history.html", {"history": self._history()})
+
+    # -- what the pharmacist does ------------------------------------------------------------------------
+    async def new_check(self, request: web.Request) -> web.Response:
+        """A proof request: connectionless behind a QR code, or sent to a connected customer's wallet."""
+        connection_id = str((await request.post()).get("connection_id") or "") or None
+        check = await self.service.request(connection_id)
+        if check.invitation_url:
+            self.links.create(check.check_id, check.invitation_url)
+        self.live.notify("check")
+        raise see_other(f"/checks/{check.check_id}")
+
+    async def dispense(self, request: web.Request) -> web.Response:
+        check_id = request.match_info["check_id"]
+        try:
+            check = await self.service.dispense(check_id)
+        except ApiError as exc:  # already final, or the chain did not confirm (then it is retried)
+            await flash(request, f"Not dispensed: {exc.reason}", "error")
+        else:
+            self.live.notify("check")
+            if check.state == CheckState.DISPENSED:
+                await flash(request, f"Dispensed. {check.remaining_redemptions} redemption(s) left.")
+        raise see_other(f"/checks/{check_id}")
+
+    async def new_invitation(self, request: web.Request) -> web.Response:
+        invitation = await create_invitation(self.ctx, alias="customer")
+        self.links.create(invitation.invitation_id, invitation.invitation_url)
+        (await get_session(request))["invitation_id"] = invitation.invitation_id
+        raise see_other("/#customers")
+
+    async def add_trusted(self, request: web.Request) -> web.Response:
+        form = text_fields(await request.post())
+        try:
+            trusted = TrustedPrescriber.model_validate(form)
+        except ValidationError as exc:
+            errors = field_errors(exc)
+            if "cred_def_id" in errors and form.get("cred_def_id"):
+                errors["cred_def_id"] = "not a credential definition id (DID:3:CL:schema seq no:tag)"
+            return await self.home(request, form, errors, status=422)
+        self.service.trusted.put(trusted.cred_def_id, trusted)
+        await flash(request, f"Trusted: {trusted.label or trusted.cred_def_id}")
+        raise see_other("/#trusted")
+
+    async def remove_trusted(self, request: web.Request) -> web.Response:
+        cred_def_id = str((await request.post()).get("cred_def_id", ""))
+        if self.service.trusted.get(cred_def_id) is None:
+            raise not_found("trusted prescriber")
+        self.service.trusted.delete(cred_def_id)
+        await flash(request, f"No longer trusted: {cred_def_id}")
+        raise see_other("/#trusted")
