@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,16 +205,37 @@ async def run_ledger(quick: bool = False, n_doctors: int = 16, n_pharmacies: int
         node = anvil_process(port, Path(tmp) / "anvil.log", name="bench-anvil", chain_id=CHAIN_ID, block_time=1,
                              gas_limit=GAS_LIMIT, state_file=None, state_interval=None)
         supervisor = Supervisor(Path(tmp) / "run")
-        supervisor.start(ProcessSpec(name=node.name, argv=node.argv, env=node.env, log_file=node.log_file,
-                                     ports=[port]))
+        record = supervisor.start(ProcessSpec(name=node.name, argv=node.argv, env=node.env,
+                                              log_file=node.log_file, ports=[port]))
         try:
             await wait_for_rpc(node.rpc_url, timeout=20)
-            return await _measure(node.rpc_url, plan, n_doctors, n_pharmacies, progress)
+            return await _measure(node.rpc_url, plan, n_doctors, n_pharmacies, progress, node_pid=record.pid)
         finally:
             supervisor.stop(node.name)
 
 
-async def _measure(rpc_url: str, plan: Plan, n_doctors: int, n_pharmacies: int, progress) -> dict:
+class CpuMeter:
+    """Where a phase's CPU time went: the node process versus this client (the profile behind a figure)."""
+
+    def __init__(self, node_pid: int):
+        self.node_pid = node_pid
+
+    def _node_s(self) -> float:
+        fields = Path(f"/proc/{self.node_pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def start(self) -> None:
+        self._t0, self._node0, self._client0 = time.monotonic(), self._node_s(), time.process_time()
+
+    def stop(self) -> dict[str, float]:
+        wall = time.monotonic() - self._t0
+        node, client = self._node_s() - self._node0, time.process_time() - self._client0
+        return {"node_cpu_pct": round(100 * node / wall, 1), "client_cpu_pct": round(100 * client / wall, 1)}
+
+
+async def _measure(rpc_url: str, plan: Plan, n_doctors: int, n_pharmacies: int, progress,
+                   node_pid: int) -> dict:
+    cpu = CpuMeter(node_pid)
     config = ChainConfig(rpc_url=rpc_url, chain_id=CHAIN_ID)
     authority = dev_accounts(0, 0).authority
     doctors = [Sender(Account.create()) for _ in range(n_doctors)]
@@ -267,9 +289,10 @@ async def _measure(rpc_url: str, plan: Plan, n_doctors: int, n_pharmacies: int, 
         transfers = [m.sign(m.account.address, "0x", 21_000, "transfer")
                      for m, _ in zip(itertools.cycle(movers), range(plan.ceiling_txs))]
         sign_rate = len(transfers) / (time.monotonic() - t0)
+        cpu.start()
         await chain.send(transfers)
         await chain.wait_mined(transfers, 60)
-        ceiling = chain.result("ceiling: transfers at saturation", transfers)
+        ceiling = chain.result("ceiling: transfers at saturation", transfers) | cpu.stop()
         results.append(ceiling)
         progress(f"ledger bench: ceiling {ceiling['ops_per_s']} tx/s")
 
@@ -290,9 +313,10 @@ async def _measure(rpc_url: str, plan: Plan, n_doctors: int, n_pharmacies: int, 
             mixed = _interleave(create_txs, spend_txs)
             progress(f"ledger bench: offering {rate:.0f} ops/s for {plan.phase_s:.0f} s "
                      f"(signed {len(mixed)} in {time.monotonic() - t0:.1f} s)")
+            cpu.start()
             await chain.paced(mixed, rate)
             await chain.wait_mined(mixed, plan.phase_s + 30)
-            results.append(chain.result(f"offered {rate:.0f}/s", mixed, rate))
+            results.append(chain.result(f"offered {rate:.0f}/s", mixed, rate) | cpu.stop())
 
         keys = [Account.create() for _ in range(plan.batch_txs * plan.batch_size)]
         batched = batch_create(keys)
@@ -341,7 +365,7 @@ def render(report: dict) -> str:
 
 def _render_own(report: dict) -> str:
     cols = ["phase", "offered_per_s", "sent_tx", "mined_tx", "ops_per_s", "create_per_s", "spend_per_s",
-            "p50_latency_s", "p95_latency_s", "p99_latency_s"]
+            "p50_latency_s", "p95_latency_s", "p99_latency_s", "node_cpu_pct", "client_cpu_pct"]
     s = report["summary"]
     return (table(report["phases"], cols) + "\n\n"
             f"token operations: {s['token_ops_per_s']}/s {'sustained' if s['sustained'] else 'NOT sustained'} "
