@@ -15,6 +15,31 @@ from pathlib import Path
 import _pool_config
 
 
+def avoid_compaction_deadlock() -> None:
+    """Open integer-keyed RocksDB stores without compaction.
+
+    Those stores sort keys with a Python comparator. faust-streaming-rocksdb opens a database while
+    holding the GIL; if RocksDB schedules a compaction during the open (likely once level-0 files
+    pile up over restarts), the compaction thread holds the DB mutex and waits for the GIL while the
+    opening thread holds the GIL and waits for the mutex: the node hangs at "Starting ledger...".
+    Seen here with py-spy after a few dozen restarts. A manual compact_range deadlocks the same way
+    (it, too, runs in a RocksDB thread), so these stores do not compact at all: fine for the small
+    ledgers of a development pool, whose level-0 file count limits are raised so writes never stall.
+    """
+    import rocksdb
+    from storage import kv_store_rocksdb_int_keys as int_keys
+
+    def open_(self):
+        opts = self._get_db_opts()
+        opts.comparator = int_keys.IntegerComparator()
+        opts.disable_auto_compactions = True
+        opts.level0_slowdown_writes_trigger = 10_000
+        opts.level0_stop_writes_trigger = 10_000
+        self._db = rocksdb.DB(self._db_path, opts, read_only=self._read_only)
+
+    int_keys.KeyValueStorageRocksdbIntKeys.open = open_
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dir", required=True, type=Path, help="pool folder made by init_pool.py")
@@ -30,6 +55,7 @@ def main(argv=None) -> int:
         return 2
 
     config = _pool_config.load_config(pool_dir)
+    avoid_compaction_deadlock()
     from indy_common.config_helper import NodeConfigHelper
     from indy_node.server.node import Node
     from stp_core.common.log import Logger
