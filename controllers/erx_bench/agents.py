@@ -38,8 +38,9 @@ async def run_agents(network: Network, quick: bool = False, concurrency: int | N
     from erx_bench.anoncreds_ceiling import measure_ceiling
 
     n = 4 if quick else 60
-    # 20 at once exhausts the agent's wallet sessions (askar session open times out, ACA-Py answers 500)
-    concurrency = concurrency or (2 if quick else 8)
+    # 20 at once (and sometimes 8) exhausts the agent's sqlite wallet sessions: askar session open times
+    # out after 10 s and ACA-Py answers 500. 4 keeps both agents busy (CPU-bound) without failures.
+    concurrency = concurrency or (2 if quick else 4)
     roles: dict[str, str] = {}
     for a in network.settings.agents:  # the first agent of each role, as the demo does
         roles.setdefault(a.role, a.name)
