@@ -248,16 +248,23 @@ class PatientService:
                 attributes=disclosed({a["name"]: a["value"] for a in preview}, [a["name"] for a in preview])))
         return sorted(views, key=lambda v: v.created_at or "", reverse=True)
 
-    async def _offer(self, cred_ex_id: str) -> dict:
+    @staticmethod
+    async def _waiting(fetch, what: str, noun: str, state: str) -> dict:
+        """An exchange record that still waits for the user's answer: 404 if unknown, 409 if answered."""
         try:
-            record = (await self.ctx.admin.credential_exchange(cred_ex_id)).get("cred_ex_record") or {}
+            record = await fetch
         except AdminApiError as exc:
             if exc.status in (400, 404):
-                raise not_found(f"offer {cred_ex_id}") from None
+                raise not_found(what) from None
             raise
-        if record.get("state") != "offer-received":
-            raise ApiError(409, f"the offer is {record.get('state')}, no longer waiting for an answer")
+        if record.get("state") != state:
+            raise ApiError(409, f"the {noun} is {record.get('state')}, no longer waiting for an answer")
         return record
+
+    async def _offer(self, cred_ex_id: str) -> dict:
+        async def fetch() -> dict:
+            return (await self.ctx.admin.credential_exchange(cred_ex_id)).get("cred_ex_record") or {}
+        return await self._waiting(fetch(), f"offer {cred_ex_id}", "offer", "offer-received")
 
     async def accept_offer(self, cred_ex_id: str) -> dict:
         await self._offer(cred_ex_id)
@@ -277,14 +284,8 @@ class PatientService:
         return sorted(views, key=lambda v: v.created_at or "", reverse=True)
 
     async def request_view(self, pres_ex_id: str) -> RequestView:
-        try:
-            record = await self.ctx.admin.presentation_exchange(pres_ex_id)
-        except AdminApiError as exc:
-            if exc.status in (400, 404):
-                raise not_found(f"proof request {pres_ex_id}") from None
-            raise
-        if record.get("state") != "request-received":
-            raise ApiError(409, f"the request is {record.get('state')}, no longer waiting for an answer")
+        record = await self._waiting(self.ctx.admin.presentation_exchange(pres_ex_id),
+                                     f"proof request {pres_ex_id}", "request", "request-received")
         return await self._request_view(record)
 
     async def _request_view(self, record: dict) -> RequestView:
