@@ -1,4 +1,4 @@
-"""`erx`: the project's front door (up, status, down, reset, demo, test).
+"""`erx`: the project's front door (up, status, down, reset, demo, test, bench, integrator).
 
 Run through the `./erx` script at the repository root, which first creates the Python environment
 and npm packages this module needs.
@@ -107,6 +107,46 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_integrator(args) -> int:
+    """Manage an organisation's integrators through its controller's REST API (operator token)."""
+    from erx_roles.client import ControllerApiError, ControllerClient
+
+    net = _network()
+    organisations = [a.name for a in net.settings.agents if a.role != "patient"]
+    if args.organisation not in organisations:
+        print(f"erx: {args.organisation!r} is not an organisation; one of {organisations}", file=sys.stderr)
+        return 2
+    if args.action != "list" and not args.name:
+        print(f"erx: integrator {args.action} needs a {'name' if args.action == 'add' else 'integrator id'}",
+              file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        async with ControllerClient(net.controller_url(args.organisation),
+                                    net.secrets.controller_api_key(args.organisation)) as client:
+            if args.action == "add":
+                created = await client.post("/api/integrators", {"name": args.name})
+                print(f"integrator {created['integrator_id']} ({created['name']})\n"
+                      f"token (shown once): {created['token']}\n"
+                      f"API: {net.controller_url(args.organisation)}/api/openapi.json")
+            elif args.action == "remove":
+                await client.request("DELETE", f"/api/integrators/{args.name}")
+                print(f"removed integrator {args.name}; its token no longer works")
+            else:
+                for i in await client.get("/api/integrators"):
+                    print(f"{i['integrator_id']}  …{i['token_hint']}  {i['name']}")
+        return 0
+
+    try:
+        return asyncio.run(run())
+    except ControllerApiError as exc:
+        print(f"erx: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"erx: the {args.organisation} controller does not answer ({exc}); is the network up?",
+              file=sys.stderr)
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="erx", description="Decentralised e-prescriptions: local network and tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--caliper", action="store_true", help="ledger: also run Hyperledger Caliper (default unless --quick)")
     p.add_argument("--no-caliper", action="store_true", help="ledger: skip Hyperledger Caliper")
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("integrator", help="API tokens for integrators: add NAME, list, remove ID")
+    p.add_argument("action", choices=["add", "list", "remove"])
+    p.add_argument("organisation", help="doctor, pharmacy, …")
+    p.add_argument("name", nargs="?", default="", help="add: the integrator's name; remove: its id")
+    p.set_defaults(func=cmd_integrator)
     p = sub.add_parser("test", help="set up and run the test suite (extra arguments go to pytest)")
     p.set_defaults(func=cmd_test)
     return parser

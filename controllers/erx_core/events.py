@@ -64,6 +64,10 @@ class EventBus:
         self._waiters.add(waiter)
         return waiter
 
+    def recent(self, topic: str, predicate: Predicate) -> list[Payload]:
+        """Events of `topic` already received that match, oldest first."""
+        return [payload for t, payload in self._recent if t == topic and _matches(predicate, payload)]
+
     def subscribe(self, topic: str, handler: Handler) -> None:
         """Call `handler(topic, payload)` for every event of `topic` ("*" for all)."""
         self._handlers.append((topic, handler))

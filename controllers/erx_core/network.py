@@ -80,6 +80,8 @@ class NetworkStatus(BaseModel):
     components: dict[str, SerializeAsAny[ComponentStatus]]
     # web pages: the first agent of each role under its role (doctor, pharmacy, patient), others by name
     pages: dict[str, str] = {}
+    # OpenAPI documents of the organisations' REST APIs, keyed the same way (doctor, pharmacy, pharmacy-b)
+    api: dict[str, str] = {}
 
 
 class Network:
@@ -193,6 +195,14 @@ class Network:
         for a in self.settings.agents:
             pages[a.name if a.role in pages else a.role] = self.page_url(a.name)
         return pages
+
+    def api_documents(self) -> dict[str, str]:
+        """Where each organisation's REST API is described (OpenAPI 3); the patient's wallet has none."""
+        documents: dict[str, str] = {}
+        for a in self.settings.agents:
+            if a.role != "patient":
+                documents[a.name if a.role in documents else a.role] = self.controller_url(a.name) + "/api/openapi.json"
+        return documents
 
     def page_lines(self) -> list[str]:
         """What `erx up` prints: each page, and where its sign-in password is kept (never the password)."""
@@ -403,7 +413,7 @@ class Network:
                  + [f"controller-{a.name}" for a in self.settings.agents])
         components = dict(zip(names, results))
         return NetworkStatus(healthy=all(c.healthy for c in components.values()), components=components,
-                             pages=self.pages())
+                             pages=self.pages(), api=self.api_documents())
 
     async def _pool_status(self) -> PoolStatus:
         total = len(self.settings.pool.node_ports)

@@ -17,6 +17,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from erx_core.webhooks import WebhookSettings
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 Role = Literal["doctor", "pharmacy", "patient"]
@@ -108,6 +110,8 @@ class Settings(BaseSettings):
     # In production: the national prescription schema's id. Unset in development, where the local
     # health authority publishes it during `erx up`.
     prescription_schema_id: str | None = None
+    # Outgoing webhooks to integrators: request timeout, retry backoff, give-up, signature tolerance.
+    webhooks: WebhookSettings = WebhookSettings()
 
     @model_validator(mode="after")
     def _ports_do_not_collide(self) -> Settings:

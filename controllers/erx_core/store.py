@@ -3,18 +3,24 @@
 Controllers keep few records (prescriptions issued, presentation checks, dispenses) and each write
 is small, so a synchronous SQLite call in WAL mode with `synchronous=FULL` is both simple and
 crash-safe: a record that `put()` returned for is on disk.
+
+Writes that must land together (a record and the webhook event announcing it) go in one
+`store.transaction()`; outside of one, every statement commits on its own.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Generic, Iterator, TypeVar
+from typing import Callable, Generic, Iterator, TypeVar
 
 from pydantic import BaseModel
 
 M = TypeVar("M", bound=BaseModel)
+LOG = logging.getLogger("erx.store")
 
 
 class Store:
@@ -25,6 +31,73 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS records (kind TEXT, id TEXT, updated REAL, doc TEXT, PRIMARY KEY (kind, id))")
+        self._depth = 0  # open transaction() blocks: 0 = autocommit, 1 = BEGIN, more = savepoints
+        self._after: list[Callable[[], None]] = []
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The one connection, for components keeping their own tables in this file (the webhook outbox)."""
+        return self._db
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._depth > 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All writes in the block commit together, or none does (the block raised).
+
+        Nests: an inner block is a savepoint, so it rolls back alone if it raises and its caller
+        handles that. The connection is shared by the whole controller: do not `await` inside the
+        block, or other coroutines' writes join (and share the fate of) this transaction.
+        """
+        depth = self._depth
+        savepoint = f"erx_sp{depth}"
+        self._db.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT {savepoint}")
+        self._depth += 1
+        try:
+            yield
+        except BaseException:
+            self._depth = depth
+            # SQLite may already have rolled back on its own (e.g. disk full): then there is nothing to undo.
+            if self._db.in_transaction:
+                if depth == 0:
+                    self._db.execute("ROLLBACK")
+                else:
+                    self._db.execute(f"ROLLBACK TO {savepoint}")
+                    self._db.execute(f"RELEASE {savepoint}")
+            if depth == 0:
+                self._run_after()
+            raise
+        self._depth = depth
+        if depth:
+            self._db.execute(f"RELEASE {savepoint}")
+            return
+        try:
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        finally:
+            self._run_after()
+
+    def after_transaction(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once no transaction is open: now, or when the outermost one ends (either way).
+
+        For waking readers that must not see rows a transaction may still roll back."""
+        if self._depth == 0:
+            callback()
+        else:
+            self._after.append(callback)
+
+    def _run_after(self) -> None:
+        callbacks, self._after = self._after, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                LOG.exception("after-transaction callback failed")
 
     def table(self, kind: str, model: type[M]) -> Table[M]:
         return Table(self._db, kind, model)

@@ -6,9 +6,11 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel
 
+from erx_core.acapy_admin import AdminApiError
 from erx_core.events import EventTimeout
 from erx_roles.context import RoleContext
-from erx_roles.http import ApiError, json_response, wait_param
+from erx_roles.api import Api, WaitQuery
+from erx_roles.http import ApiError
 
 ACTIVE = ("active", "completed")
 
@@ -25,7 +27,9 @@ class ConnectionOut(BaseModel):
 
 async def create_invitation(ctx: RoleContext, alias: str) -> InvitationOut:
     inv = await ctx.admin.create_invitation(alias=alias)
-    return InvitationOut(invitation_id=inv.invi_msg_id, invitation_url=inv.invitation_url)
+    created = InvitationOut(invitation_id=inv.invi_msg_id, invitation_url=inv.invitation_url)
+    ctx.store.table("invitation", InvitationOut).put(created.invitation_id, created)
+    return created
 
 
 async def connection_for(ctx: RoleContext, invitation_id: str, wait_s: float) -> ConnectionOut | None:
@@ -42,16 +46,36 @@ async def connection_for(ctx: RoleContext, invitation_id: str, wait_s: float) ->
     return ConnectionOut(connection_id=active[0]["connection_id"], state=active[0]["state"]) if active else None
 
 
-def connection_routes(ctx: RoleContext, alias: str) -> list[web.RouteDef]:
-    async def invitations(_: web.Request) -> web.Response:
-        return json_response(await create_invitation(ctx, alias), status=201)
+async def require_active_connection(ctx: RoleContext, connection_id: str) -> None:
+    """404 for a connection the agent does not know, 409 for one not (yet or any more) active."""
+    try:
+        conn = await ctx.admin.connection(connection_id)
+    except AdminApiError as exc:
+        if exc.status in (404, 400, 422):
+            raise ApiError(404, f"no connection {connection_id}") from None
+        raise
+    if conn.get("state") not in ACTIVE:
+        raise ApiError(409, f"connection {connection_id} is {conn.get('state')}, not active")
 
-    async def connection(request: web.Request) -> web.Response:
-        """Long poll (?wait=seconds) for the wallet's connection through an invitation."""
-        found = await connection_for(ctx, request.match_info["invitation_id"], wait_param(request))
+
+def connection_api(ctx: RoleContext, alias: str) -> Api:
+    api = Api("connections")
+    invitations = ctx.store.table("invitation", InvitationOut)
+
+    @api.operation("POST", "/api/invitations", summary=f"An invitation for a {alias}'s wallet (QR code or link)",
+                   tag="connections", response=InvitationOut, status=201, errors=(502,))
+    async def create_connection_invitation(_: web.Request) -> InvitationOut:
+        return await create_invitation(ctx, alias)
+
+    @api.operation("GET", "/api/invitations/{invitation_id}/connection", tag="connections", query=WaitQuery,
+                   summary="The wallet's connection through an invitation (long poll with ?wait=seconds)",
+                   response=ConnectionOut, errors=(404,))
+    async def invitation_connection(_: web.Request, invitation_id: str, query: WaitQuery) -> ConnectionOut:
+        known = invitations.get(invitation_id) is not None
+        found = await connection_for(ctx, invitation_id, query.wait if known else 0)
         if found is None:
-            raise ApiError(404, "no wallet has connected with this invitation yet")
-        return json_response(found)
+            raise ApiError(404, "no wallet has connected with this invitation yet" if known
+                           else f"invitation {invitation_id} not found")
+        return found
 
-    return [web.post("/api/invitations", invitations),
-            web.get("/api/invitations/{invitation_id}/connection", connection)]
+    return api

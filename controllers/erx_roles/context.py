@@ -10,6 +10,7 @@ from erx_core.events import EventBus
 from erx_core.network import Network
 from erx_core.settings import AgentSettings
 from erx_core.store import Store
+from erx_core.webhooks import Outbox
 
 
 @dataclass
@@ -20,6 +21,7 @@ class RoleContext:
     bus: EventBus
     store: Store
     chain: PrescriptionTokenClient | None  # organisations only; the patient never touches the chain
+    outbox: Outbox  # events for the organisation's integrators (webhooks)
 
     @classmethod
     async def open(cls, network: Network, agent_name: str) -> RoleContext:
@@ -27,10 +29,12 @@ class RoleContext:
         chain = None
         if agent.role in ("doctor", "pharmacy"):
             chain = await PrescriptionTokenClient.connect(network.chain_config(), network.chain_account(agent_name))
-        return cls(network=network, agent=agent, admin=network.admin(agent_name), bus=EventBus(),
-                   store=Store(network.paths.controllers / f"{agent_name}.db"), chain=chain)
+        store = Store(network.paths.controllers / f"{agent_name}.db")
+        return cls(network=network, agent=agent, admin=network.admin(agent_name), bus=EventBus(), store=store,
+                   chain=chain, outbox=Outbox(store, source=agent_name, settings=network.settings.webhooks))
 
     async def close(self) -> None:
+        await self.outbox.close()
         await self.admin.close()
         if self.chain is not None:
             await self.chain.close()

@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from enum import StrEnum
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, Field, SecretStr
@@ -24,9 +25,12 @@ from erx_contracts.client import new_prescription_key
 from erx_contracts.errors import ChainError
 from erx_core.acapy_admin import AdminApiError
 from erx_core.events import EventTimeout, Payload
-from erx_roles.connections import connection_routes
+from erx_core.webhooks import EventType
+from erx_roles.api import Api, WaitQuery
+from erx_roles.connections import connection_api, require_active_connection
 from erx_roles.context import RoleContext
-from erx_roles.http import ApiError, json_response, not_found, parse_body, wait_param
+from erx_roles.http import ApiError, not_found
+from erx_schemas.fhir import FhirMappingError, medication_request_from_order, order_from_medication_request
 from erx_schemas.prescription import Prescriber, Prescription, PrescriptionOrder, TokenRef
 
 LOG = logging.getLogger("erx.doctor")
@@ -115,7 +119,7 @@ class DoctorService:
     async def issue(self, connection_id: str, order: PrescriptionOrder) -> IssuedPrescription:
         if self.cred_def_id is None:
             raise ApiError(409, "the practice is not onboarded yet")
-        await self._require_active_connection(connection_id)
+        await require_active_connection(self.ctx, connection_id)
         key = new_prescription_key()
         pid = str(uuid.uuid4())
         record = self.records.put(pid, IssuedPrescription(
@@ -142,21 +146,22 @@ class DoctorService:
             raise ApiError(502, f"the agent refused the offer: {exc.reason}") from exc
         record.cred_ex_id = exchange["cred_ex_id"]
         record.state = PrescriptionState.OFFERED
-        return self.records.put(pid, record)
-
-    async def _require_active_connection(self, connection_id: str) -> None:
-        try:
-            conn = await self.ctx.admin.connection(connection_id)
-        except AdminApiError as exc:
-            if exc.status in (404, 400):
-                raise ApiError(404, f"no connection {connection_id}") from None
-            raise
-        if conn.get("state") not in ("active", "completed"):
-            raise ApiError(409, f"connection {connection_id} is {conn.get('state')}, not active")
+        self._commit(record, EventType.OFFERED)
+        # A quick wallet may have answered before the exchange id was on record: replay what came.
+        for payload in self.ctx.bus.recent(ISSUE_TOPIC, lambda p: p["cred_ex_id"] == record.cred_ex_id):
+            await self._on_issue_event(ISSUE_TOPIC, payload)
+        return self._get(pid)
 
     def _fail(self, record: IssuedPrescription, error: str) -> None:
         record.state, record.error = PrescriptionState.FAILED, error
         self.records.put(record.prescription_id, record)
+
+    def _commit(self, record: IssuedPrescription, event: EventType) -> IssuedPrescription:
+        """Save a state change and its event for integrators together: neither without the other."""
+        with self.ctx.store.transaction():
+            self.records.put(record.prescription_id, record)
+            self.ctx.outbox.record(event, {"prescription": record.model_dump(mode="json")})
+        return record
 
     def _by_exchange(self, cred_ex_id: str) -> IssuedPrescription | None:
         return next((r for r in self.records.all() if r.cred_ex_id == cred_ex_id), None)
@@ -170,14 +175,14 @@ class DoctorService:
             details = await self.ctx.admin.get(f"/issue-credential-2.0/records/{record.cred_ex_id}")
             anon = details.get("anoncreds") or {}
             record.rev_reg_id, record.cred_rev_id = anon.get("rev_reg_id"), anon.get("cred_rev_id")
-            record.state = PrescriptionState.ISSUED
+            record.state, event = PrescriptionState.ISSUED, EventType.ISSUED
         elif state in ("abandoned", "declined", "deleted"):
-            record.state = PrescriptionState.DECLINED
+            record.state, event = PrescriptionState.DECLINED, EventType.DECLINED
             record.error = payload.get("error_msg") or "the patient's wallet declined the offer"
             await self.ctx.chain.cancel(record.token_address)
         else:
             return
-        self.records.put(record.prescription_id, record)
+        self._commit(record, event)
         LOG.info("prescription %s: %s", record.prescription_id, record.state)
 
     async def wait_issued(self, prescription_id: str, timeout_s: float) -> IssuedPrescription:
@@ -212,7 +217,7 @@ class DoctorService:
         await self.ctx.admin.revoke(record.rev_reg_id, record.cred_rev_id, connection_id=record.connection_id,
                                     thread_id=thread_id)
         record.state = PrescriptionState.REVOKED
-        return self.records.put(prescription_id, record)
+        return self._commit(record, EventType.REVOKED)
 
     # -- listing -----------------------------------------------------------------------------------
     def _get(self, prescription_id: str) -> IssuedPrescription:
@@ -233,37 +238,81 @@ class DoctorService:
         return PrescriptionView(**record.model_dump(), remaining_redemptions=status.remaining if status.exists
                                 else None, token_cancelled=status.cancelled if status.exists else None, status=label)
 
-    # -- HTTP API ------------------------------------------------------------------------------------
-    def routes(self) -> list[web.RouteDef]:
-        async def status(_: web.Request) -> web.Response:
-            return json_response({"role": "doctor", "cred_def_id": self.cred_def_id, "issuer_did": self.issuer_did,
-                                  "schema_id": self.ctx.network.prescription_schema_id,
-                                  "chain_account": self.ctx.chain.address})
+    # -- REST API ------------------------------------------------------------------------------------
+    def api(self) -> Api:
+        api = Api("doctor")
+        tag = "prescriptions"
 
-        async def issue(request: web.Request) -> web.Response:
-            body = await parse_body(request, IssueRequest)
-            record = await self.issue(body.connection_id, body.order)
-            return json_response(await self.view(record), status=201)
+        @api.operation("GET", "/api/status", summary="The practice: its credential definition, DID, chain account",
+                       tag="practice", response=DoctorStatus)
+        async def practice_status(_: web.Request) -> DoctorStatus:
+            return DoctorStatus(cred_def_id=self.cred_def_id, issuer_did=self.issuer_did,
+                                schema_id=self.ctx.network.prescription_schema_id, chain_account=self.ctx.chain.address)
 
-        async def list_all(_: web.Request) -> web.Response:
-            return json_response([await self.view(r) for r in self.records.all()])
+        api.include(connection_api(self.ctx, alias="patient"))
 
-        async def one(request: web.Request) -> web.Response:
-            pid, wait = request.match_info["prescription_id"], wait_param(request)
-            record = await self.wait_issued(pid, wait) if wait else self._get(pid)
-            return json_response(await self.view(record))
+        @api.operation("POST", "/api/prescriptions", summary="Issue a prescription to a connected wallet", tag=tag,
+                       body=IssueRequest, response=PrescriptionView, status=201, errors=(404, 409, 502))
+        async def issue_prescription(_: web.Request, body: IssueRequest) -> PrescriptionView:
+            """Creates the one-time key and the token on chain, then offers the credential. The answer is
+            `offered`; the prescription is `issued` once the wallet has stored it (long poll
+            `GET /api/prescriptions/{id}?wait=30`, or the `prescription.issued` webhook)."""
+            return await self.view(await self.issue(body.connection_id, body.order))
 
-        async def revoke(request: web.Request) -> web.Response:
-            return json_response(await self.view(await self.revoke(request.match_info["prescription_id"])))
+        @api.operation("POST", "/api/prescriptions/fhir", summary="Issue a prescription from a FHIR MedicationRequest",
+                       tag=tag, body=FhirIssueRequest, response=PrescriptionView, status=201,
+                       errors=(404, 409, 502))
+        async def issue_fhir_prescription(_: web.Request, body: FhirIssueRequest) -> PrescriptionView:
+            """FHIR R4 MedicationRequest in; how it maps onto the credential is in docs/fhir.md. What
+            cannot be mapped is refused with a 422 naming the FHIR element."""
+            try:
+                order = order_from_medication_request(body.medication_request)
+            except FhirMappingError as exc:
+                raise ApiError(422, "the MedicationRequest cannot be mapped to a prescription",
+                               fields=[{"field": f"medication_request: {p.path}", "message": p.message}
+                                       for p in exc.problems]) from None
+            return await self.view(await self.issue(body.connection_id, order))
 
-        return [
-            web.get("/api/status", status),
-            *connection_routes(self.ctx, alias="patient"),
-            web.post("/api/prescriptions", issue),
-            web.get("/api/prescriptions", list_all),
-            web.get("/api/prescriptions/{prescription_id}", one),
-            web.post("/api/prescriptions/{prescription_id}/revoke", revoke),
-        ]
+        @api.operation("GET", "/api/prescriptions", summary="Prescriptions issued by this practice, newest first",
+                       tag=tag, response=list[PrescriptionView])
+        async def list_prescriptions(_: web.Request) -> list[PrescriptionView]:
+            return [await self.view(r) for r in self.records.all()]
+
+        @api.operation("GET", "/api/prescriptions/{prescription_id}", tag=tag, query=WaitQuery,
+                       summary="One prescription with its live token status (long poll with ?wait= until issued)",
+                       response=PrescriptionView, errors=(404,))
+        async def get_prescription(_: web.Request, prescription_id: str, query: WaitQuery) -> PrescriptionView:
+            record = await self.wait_issued(prescription_id, query.wait) if query.wait else self._get(prescription_id)
+            return await self.view(record)
+
+        @api.operation("GET", "/api/prescriptions/{prescription_id}/fhir", tag=tag, response=dict[str, Any],
+                       summary="One prescription as a FHIR R4 MedicationRequest", errors=(404,))
+        async def get_fhir_prescription(_: web.Request, prescription_id: str) -> dict[str, Any]:
+            record = self._get(prescription_id)
+            return medication_request_from_order(record.order, prescription_id=record.prescription_id,
+                                                 prescriber=self.prescriber,
+                                                 authored_on=dt.datetime.fromtimestamp(record.created_at, dt.UTC))
+
+        @api.operation("POST", "/api/prescriptions/{prescription_id}/revoke", tag=tag, response=PrescriptionView,
+                       summary="Revoke: cancel the token on chain, then revoke the credential",
+                       errors=(404, 409, 502))
+        async def revoke_prescription(_: web.Request, prescription_id: str) -> PrescriptionView:
+            return await self.view(await self.revoke(prescription_id))
+
+        return api
+
+
+class DoctorStatus(BaseModel):
+    role: str = "doctor"
+    cred_def_id: str | None
+    issuer_did: str | None
+    schema_id: str
+    chain_account: str
+
+
+class FhirIssueRequest(BaseModel):
+    connection_id: str = Field(min_length=1, description="the patient's connection (from an invitation)")
+    medication_request: dict[str, Any] = Field(description="a FHIR R4 MedicationRequest resource (JSON)")
 
 
 class _Meta(BaseModel):

@@ -3,12 +3,11 @@ stack trace), JSON bodies validated by pydantic models."""
 
 from __future__ import annotations
 
-import hmac
 import logging
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import BaseModel, ValidationError
 
 LOG = logging.getLogger("erx.api")
 M = TypeVar("M", bound=BaseModel)
@@ -39,9 +38,12 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
         raw = await request.read()
         return model.model_validate_json(raw or b"{}")
     except ValidationError as exc:
-        fields = [{"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"]}
-                  for e in exc.errors(include_url=False, include_input=False)]
-        raise ApiError(422, "invalid request body", fields=fields) from None
+        raise ApiError(422, "invalid request body", fields=field_problems(exc)) from None
+
+
+def field_problems(exc: ValidationError) -> list[dict[str, str]]:
+    return [{"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"]}
+            for e in exc.errors(include_url=False, include_input=False)]
 
 
 def wait_param(request: web.Request, limit_s: float = 60.0) -> float:
@@ -52,8 +54,24 @@ def wait_param(request: web.Request, limit_s: float = 60.0) -> float:
         raise ApiError(400, "wait must be a number of seconds") from None
 
 
-def api_middlewares(api_key: SecretStr) -> list:
-    expected = f"Bearer {api_key.get_secret_value()}".encode()
+class Caller(BaseModel):
+    """Who is calling the API: the organisation's operator, or one of its integrators."""
+
+    name: str
+    integrator_id: str | None = None
+
+    @property
+    def is_operator(self) -> bool:
+        return self.integrator_id is None
+
+
+Authenticate = Callable[[str], Caller | None]
+CALLER = web.RequestKey("caller", Caller)
+
+
+def api_middlewares(authenticate: Authenticate, public_paths: Callable[[], set[str]] = set) -> list:
+    """JSON errors for everything, and a bearer token for every `/api/` path that is not public.
+    `authenticate` maps the Authorization header to the caller (None: refused)."""
 
     @web.middleware
     async def errors(request: web.Request, handler):
@@ -71,10 +89,11 @@ def api_middlewares(api_key: SecretStr) -> list:
 
     @web.middleware
     async def auth(request: web.Request, handler):
-        if request.path.startswith("/api/"):
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
+        if request.path.startswith("/api/") and request.path not in public_paths():
+            caller = authenticate(request.headers.get("Authorization", ""))
+            if caller is None:
                 raise ApiError(401, "missing or wrong API token (Authorization: Bearer …)")
+            request[CALLER] = caller
         return await handler(request)
 
     return [errors, auth]

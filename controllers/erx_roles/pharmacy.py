@@ -17,6 +17,7 @@ presentation record when needed, and that record is deleted once the check is fi
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 import uuid
@@ -30,9 +31,12 @@ from erx_contracts.errors import (AlreadySpent, BadSignature, Cancelled, ChainEr
                                   StaleSignature, TransactionDropped, UnknownToken)
 from erx_core.acapy_admin import AdminApiError
 from erx_core.events import Payload
-from erx_roles.connections import connection_routes
+from erx_core.webhooks import EventType
+from erx_roles.api import Api, WaitQuery
+from erx_roles.connections import connection_api, require_active_connection
 from erx_roles.context import RoleContext
-from erx_roles.http import ApiError, json_response, not_found, parse_body, wait_param
+from erx_roles.http import ApiError, not_found
+from erx_schemas.fhir import medication_dispense
 from erx_schemas.prescription import (Refusal, RefusalReason, RevealedPrescription, dispensing_proof_request)
 
 LOG = logging.getLogger("erx.pharmacy")
@@ -62,6 +66,7 @@ class DispenseCheck(BaseModel):
     spend_tx_hash: str | None = None
     spend_raw_tx: str | None = Field(default=None, exclude=True)
     remaining_redemptions: int | None = None
+    dispensed_at: float | None = None
     invitation_url: str | None = None
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
@@ -92,14 +97,20 @@ class PharmacyService:
         self.checks = ctx.store.table("check", StoredCheck)
         self.trusted = ctx.store.table("trusted", TrustedPrescriber)
         self._locks: dict[str, asyncio.Lock] = {}
+        self._did: str | None = None
         ctx.bus.subscribe(PROOF_TOPIC, self._on_proof_event)
 
     def _lock(self, check_id: str) -> asyncio.Lock:
         return self._locks.setdefault(check_id, asyncio.Lock())
 
-    def _save(self, check: StoredCheck) -> StoredCheck:
+    def _save(self, check: StoredCheck, event: EventType | None = None, **data: Any) -> StoredCheck:
+        """Save a check; with `event`, its event for integrators is committed in the same transaction."""
         check.updated_at = time.time()
-        return self.checks.put(check.check_id, check)
+        with self.ctx.store.transaction():
+            self.checks.put(check.check_id, check)
+            if event is not None:
+                self.ctx.outbox.record(event, {"check": public(check).model_dump(mode="json"), **data})
+        return check
 
     def _get(self, check_id: str) -> StoredCheck:
         check = self.checks.get(check_id)
@@ -123,6 +134,7 @@ class PharmacyService:
 
     async def request(self, connection_id: str | None) -> StoredCheck:
         if connection_id:
+            await require_active_connection(self.ctx, connection_id)
             exchange = await self.ctx.admin.send_proof_request(connection_id, self.proof_request())
             check = StoredCheck(check_id=str(uuid.uuid4()), pres_ex_id=exchange["pres_ex_id"],
                                 connection_id=connection_id)
@@ -189,7 +201,7 @@ class PharmacyService:
             return
         check.state = CheckState.VERIFIED
         check.remaining_redemptions = (await self.ctx.chain.status(prescription.token.address)).remaining
-        self._save(check)
+        self._save(check, EventType.PRESENTED)
 
     def _is_trusted(self, cred_def_id: str | None) -> bool:
         return cred_def_id is not None and self.trusted.get(cred_def_id) is not None
@@ -222,7 +234,7 @@ class PharmacyService:
 
     async def _refuse(self, check: StoredCheck, reason: RefusalReason, detail: str = "") -> None:
         check.state, check.refusal = CheckState.REFUSED, Refusal(reason=reason, detail=detail)
-        self._save(check)
+        self._save(check, EventType.REFUSED, reason=reason.value)
         LOG.info("check %s refused: %s", check.check_id, reason)
         await self._forget_presentation(check)
 
@@ -232,7 +244,7 @@ class PharmacyService:
             check = self._get(check_id)
             if check.state != CheckState.VERIFIED:
                 raise ApiError(409, f"check is {check.state}; only a verified prescription can be dispensed",
-                               check=DispenseCheck.model_validate(check.model_dump()).model_dump(mode="json"))
+                               check=public(check).model_dump(mode="json"))
             check.state = CheckState.DISPENSING
             self._save(check)
             await self._spend(check)
@@ -285,9 +297,21 @@ class PharmacyService:
     async def _dispensed(self, check: StoredCheck, tx_hash: str) -> None:
         check.state, check.spend_tx_hash, check.spend_raw_tx = CheckState.DISPENSED, tx_hash, None
         check.remaining_redemptions = (await self.ctx.chain.status(check.token_address)).remaining
-        self._save(check)
+        check.dispensed_at = time.time()
+        self._save(check, EventType.DISPENSED, medication_dispense=await self._medication_dispense(check))
         LOG.info("check %s dispensed, tx %s, %s left", check.check_id, tx_hash, check.remaining_redemptions)
         await self._forget_presentation(check)
+
+    async def _medication_dispense(self, check: StoredCheck) -> dict[str, Any]:
+        """The dispense as FHIR R4, for the pharmacy's systems (never with the token's secret key)."""
+        if self._did is None:
+            public_did = await self.ctx.admin.public_did()
+            self._did = public_did.did if public_did else None
+        return medication_dispense(
+            check.prescription or {}, dispense_id=check.check_id,
+            when_handed_over=dt.datetime.fromtimestamp(check.dispensed_at or check.updated_at, dt.UTC),
+            pharmacy_name=self.ctx.agent.label, pharmacy_identifier=self._did, token_tx_hash=check.spend_tx_hash,
+            remaining_redemptions=check.remaining_redemptions)
 
     async def _secret_key(self, check: StoredCheck) -> str | None:
         try:
@@ -321,57 +345,83 @@ class PharmacyService:
                 check = self._get(check_id)
         return check
 
-    # -- HTTP API ---------------------------------------------------------------------------------------
-    def routes(self) -> list[web.RouteDef]:
-        def public(check: StoredCheck) -> dict:
-            return DispenseCheck.model_validate(check.model_dump()).model_dump(mode="json")
+    # -- REST API ---------------------------------------------------------------------------------------
+    def api(self) -> Api:
+        api = Api("pharmacy")
+        tag, trust = "checks", "trusted prescribers"
 
-        async def status(_: web.Request) -> web.Response:
-            return json_response({"role": "pharmacy", "schema_id": self.ctx.network.prescription_schema_id,
-                                  "chain_account": self.ctx.chain.address,
-                                  "trusted_prescribers": len(list(self.trusted.all()))})
+        @api.operation("GET", "/api/status", summary="The pharmacy: schema asked for, chain account, trust list size",
+                       tag="pharmacy", response=PharmacyStatus)
+        async def pharmacy_status(_: web.Request) -> PharmacyStatus:
+            return PharmacyStatus(schema_id=self.ctx.network.prescription_schema_id,
+                                  chain_account=self.ctx.chain.address,
+                                  trusted_prescribers=sum(1 for _ in self.trusted.all()))
 
-        async def create(request: web.Request) -> web.Response:
-            body = await parse_body(request, RequestBody)
-            return json_response(public(await self.request(body.connection_id)), status=201)
+        api.include(connection_api(self.ctx, alias="customer"))
 
-        async def one(request: web.Request) -> web.Response:
-            check_id = request.match_info["check_id"]
-            wait = wait_param(request)
-            check = await self.wait_checked(check_id, wait) if wait else self._get(check_id)
-            return json_response(public(check))
+        @api.operation("POST", "/api/checks", summary="Ask for a prescription: a QR code, or over a connection",
+                       tag=tag, body=RequestBody, response=DispenseCheck, status=201, errors=(404, 409, 502))
+        async def request_prescription(_: web.Request, body: RequestBody) -> DispenseCheck:
+            """Without `connection_id` the answer carries an `invitation_url` to show as a QR code.
+            The check then moves to `verified` or `refused` (long poll `GET /api/checks/{id}?wait=30`, or the
+            `prescription.presented` / `prescription.refused` webhooks)."""
+            return public(await self.request(body.connection_id))
 
-        async def dispense(request: web.Request) -> web.Response:
-            return json_response(public(await self.dispense(request.match_info["check_id"])))
+        @api.operation("GET", "/api/checks", summary="Dispensing history, newest first", tag=tag,
+                       response=list[DispenseCheck])
+        async def list_checks(_: web.Request) -> list[DispenseCheck]:
+            return [public(c) for c in self.checks.all()]
 
-        async def history(_: web.Request) -> web.Response:
-            return json_response([public(c) for c in self.checks.all()])
+        @api.operation("GET", "/api/checks/{check_id}", tag=tag, query=WaitQuery, response=DispenseCheck,
+                       summary="One check (long poll with ?wait= until verified or refused)", errors=(404,))
+        async def get_check(_: web.Request, check_id: str, query: WaitQuery) -> DispenseCheck:
+            return public(await self.wait_checked(check_id, query.wait) if query.wait else self._get(check_id))
 
-        async def trusted_list(_: web.Request) -> web.Response:
-            return json_response(list(self.trusted.all()))
+        @api.operation("POST", "/api/checks/{check_id}/dispense", tag=tag, response=DispenseCheck,
+                       summary="Dispense: spend the prescription's token on chain", errors=(404, 409, 503))
+        async def dispense_prescription(_: web.Request, check_id: str) -> DispenseCheck:
+            """Exactly one of racing pharmacies wins; the others get `refused` / `already_redeemed`.
+            A 503 means the chain did not confirm: do not hand out the medication yet."""
+            return public(await self.dispense(check_id))
 
-        async def trusted_add(request: web.Request) -> web.Response:
-            body = await parse_body(request, TrustedPrescriber)
-            return json_response(self.trusted.put(body.cred_def_id, body), status=201)
+        @api.operation("GET", "/api/checks/{check_id}/fhir", tag=tag, response=dict[str, Any], errors=(404, 409),
+                       summary="A dispensed check as a FHIR R4 MedicationDispense")
+        async def get_fhir_dispense(_: web.Request, check_id: str) -> dict[str, Any]:
+            check = self._get(check_id)
+            if check.state != CheckState.DISPENSED:
+                raise ApiError(409, f"check is {check.state}; only a dispensed check has a MedicationDispense")
+            return await self._medication_dispense(check)
 
-        async def trusted_remove(request: web.Request) -> web.Response:
-            cred_def_id = request.match_info["cred_def_id"]
+        @api.operation("GET", "/api/trusted-prescribers", summary="Prescribers (credential definitions) trusted here",
+                       tag=trust, response=list[TrustedPrescriber])
+        async def list_trusted_prescribers(_: web.Request) -> list[TrustedPrescriber]:
+            return list(self.trusted.all())
+
+        @api.operation("POST", "/api/trusted-prescribers", summary="Trust a prescriber's credential definition",
+                       tag=trust, body=TrustedPrescriber, response=TrustedPrescriber, status=201)
+        async def add_trusted_prescriber(_: web.Request, body: TrustedPrescriber) -> TrustedPrescriber:
+            return self.trusted.put(body.cred_def_id, body)
+
+        @api.operation("DELETE", "/api/trusted-prescribers/{cred_def_id}", summary="Stop trusting a prescriber",
+                       tag=trust, errors=(404,))
+        async def remove_trusted_prescriber(_: web.Request, cred_def_id: str) -> None:
             if self.trusted.get(cred_def_id) is None:
                 raise not_found(f"trusted prescriber {cred_def_id}")
             self.trusted.delete(cred_def_id)
-            return web.Response(status=204)
 
-        return [
-            web.get("/api/status", status),
-            *connection_routes(self.ctx, alias="customer"),
-            web.post("/api/checks", create),
-            web.get("/api/checks", history),
-            web.get("/api/checks/{check_id}", one),
-            web.post("/api/checks/{check_id}/dispense", dispense),
-            web.get("/api/trusted-prescribers", trusted_list),
-            web.post("/api/trusted-prescribers", trusted_add),
-            web.delete("/api/trusted-prescribers/{cred_def_id}", trusted_remove),
-        ]
+        return api
+
+
+class PharmacyStatus(BaseModel):
+    role: str = "pharmacy"
+    schema_id: str
+    chain_account: str
+    trusted_prescribers: int
+
+
+def public(check: StoredCheck) -> DispenseCheck:
+    """A check as the API shows it: without the journaled raw transaction."""
+    return DispenseCheck.model_validate(check.model_dump())
 
 
 def _presented(record: dict) -> tuple[dict[str, str], dict[str, Any]]:

@@ -20,9 +20,11 @@ from erx_core.settings import Settings
 from erx_roles.context import RoleContext
 from erx_roles.doctor import DoctorService
 from erx_roles.http import api_middlewares, json_response
+from erx_roles.integrators import Integrators
 from erx_roles.pages import mount_pages
 from erx_roles.patient import PatientService
 from erx_roles.pharmacy import PharmacyService
+from erx_roles.webhook_api import WebhookApi
 
 LOG = logging.getLogger("erx.controller")
 
@@ -45,17 +47,44 @@ async def build_app(network: Network, agent_name: str) -> web.Application:
     async def health(_: web.Request) -> web.Response:
         return json_response({"status": "ok", "role": role, "agent": agent_name})
 
-    app = web.Application(middlewares=api_middlewares(network.secrets.controller_api_key(agent_name)))
+    operator_token = network.secrets.controller_api_key(agent_name)
+    base_url = network.controller_url(agent_name)
+    if isinstance(service, PatientService):
+        # the wallet stand-in is not an organisation: no integrators, one token (the wallet owner's)
+        routes, public_paths = service.routes(), set
+        authenticate = Integrators(ctx.store, operator_token).operator_only
+    else:
+        integrators = Integrators(ctx.store, operator_token)
+        api = service.api()
+        api.include(integrators.api())
+        api.include(WebhookApi(ctx.outbox, ctx.store, integrators).api())
+        api.title = f"erx {role} controller ({ctx.agent.label})"
+        api.description = API_DESCRIPTION[role]
+        routes, public_paths, authenticate = api.routes(base_url), api.public_paths, integrators.authenticate
+
+    app = web.Application(middlewares=api_middlewares(authenticate, public_paths))
     app.add_routes(webhook_routes(ctx.bus, network.secrets.webhook_key(agent_name)))
-    app.add_routes([web.get("/health", health), *service.routes()])
+    app.add_routes([web.get("/health", health), *routes])
     mount_pages(app, network, ctx, service)
     app["service"] = service
+
+    async def start_outbox(_: web.Application) -> None:
+        await ctx.outbox.start()
 
     async def close(_: web.Application) -> None:
         await ctx.close()
 
+    app.on_startup.append(start_outbox)
     app.on_cleanup.append(close)
     return app
+
+
+API_DESCRIPTION = {
+    "doctor": "Issue prescriptions into patients' wallets (AnonCreds) backed by a redemption token on chain; "
+              "revoke them; follow them through webhooks. FHIR R4 MedicationRequest in. See docs/integrators.md.",
+    "pharmacy": "Ask for a prescription (QR code or connection), verify it, dispense it by spending its token; "
+                "trusted prescribers; webhooks; FHIR R4 MedicationDispense out. See docs/integrators.md.",
+}
 
 
 def main() -> None:

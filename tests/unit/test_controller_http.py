@@ -2,9 +2,9 @@
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field
 
-from erx_roles.http import ApiError, api_middlewares, json_response, parse_body
+from erx_roles.http import ApiError, Caller, api_middlewares, json_response, parse_body
 from erx_roles.patient import _satisfies, decode_invitation
 
 
@@ -25,7 +25,10 @@ def app() -> web.Application:
     async def health(_):
         return json_response({"ok": True})
 
-    a = web.Application(middlewares=api_middlewares(SecretStr("tok")))
+    def authenticate(header: str) -> Caller | None:
+        return Caller(name="operator") if header == "Bearer tok" else None
+
+    a = web.Application(middlewares=api_middlewares(authenticate))
     a.add_routes([web.post("/api/x", create), web.get("/api/conflict", conflict), web.get("/api/crash", crash),
                   web.get("/health", health)])
     return a

@@ -20,6 +20,7 @@ from erx_core.secrets import new_fernet_key
 from erx_core.store import Store
 from erx_roles.doctor import IssuedPrescription, PrescriptionState, PrescriptionView
 from erx_roles.http import ApiError, api_middlewares
+from erx_roles.integrators import Integrators
 from erx_roles.invitations import ShortLinks, decode_invitation, qr_svg
 from erx_roles.pages.doctor import DoctorPages, issue_request_from_form
 from erx_roles.pages.web import PageConfig, setup_pages
@@ -85,7 +86,8 @@ class FakeDoctor:
     """What the doctor's page uses of DoctorService."""
 
     def __init__(self, store: Store):
-        self.ctx = SimpleNamespace(admin=FakeAdmin(), agent=SimpleNamespace(name="doctor", label="Dr. Test"))
+        self.ctx = SimpleNamespace(admin=FakeAdmin(), agent=SimpleNamespace(name="doctor", label="Dr. Test"),
+                                   store=store)
         self.records = store.table("prescription", IssuedPrescription)
         self.cred_def_id = "Th7MpTaRZVRYnPiabds81Y:3:CL:12:prescription"
         self.issued: list = []
@@ -107,7 +109,7 @@ async def client(tmp_path: Path):
     store = Store(tmp_path / "doctor.db")
     service = FakeDoctor(store)
     bus = EventBus()
-    app = web.Application(middlewares=api_middlewares(SecretStr(API_KEY)))
+    app = web.Application(middlewares=api_middlewares(Integrators(store, SecretStr(API_KEY)).authenticate))
     config = PageConfig(agent="doctor", role="doctor", title="Dr. Test", password=SecretStr(PASSWORD))
     live = setup_pages(app, config, SecretStr(SESSION_KEY), bus)
     links = ShortLinks(store, "http://127.0.0.1:1")

@@ -1,0 +1,201 @@
+"""A controller's REST API, declared once: each operation names its path, its pydantic request and
+response models and the errors it can answer, and from that one declaration come both the aiohttp
+route (body and query parsed and validated, result serialised through the declared model) and the
+OpenAPI 3 document at `/api/openapi.json`. So the document cannot drift from the code.
+
+    api = Api("pharmacy")
+
+    @api.operation("POST", "/api/checks/{check_id}/dispense", response=DispenseCheck,
+                   summary="Dispense: spend the token", errors=(404, 409, 503))
+    async def dispense(request, check_id: str) -> DispenseCheck: ...
+
+A handler receives the request, the path parameters by name, and `body=`/`query=` when the operation
+declares models for them. It returns an instance of the response type (or None for 204).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from erx_roles.http import CALLER, ApiError, field_problems, parse_body
+
+Handler = Callable[..., Awaitable[Any]]
+OPENAPI_PATH = "/api/openapi.json"
+_PATH_PARAM = re.compile(r"{(\w+)}")
+
+STATUS_TEXT = {200: "OK", 201: "Created", 204: "No content", 400: "Bad request", 401: "No or wrong API token",
+               403: "Not allowed for this token", 404: "Not found", 409: "Conflict with the current state",
+               422: "Invalid request", 502: "An upstream system (agent or chain) refused",
+               503: "An upstream system did not answer; retry later"}
+
+
+class FieldProblem(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: a reason a person can act on, and for 422 the fields at fault."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: str
+    fields: list[FieldProblem] | None = None
+
+
+class WaitQuery(BaseModel):
+    """Long poll: answer as soon as the awaited state is reached, or after `wait` seconds."""
+
+    wait: float = Field(default=0, ge=0, le=60, description="seconds to wait for the next state (long poll)")
+
+
+@dataclass
+class Operation:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tag: str
+    response: Any = None  # a pydantic-serialisable type; None means 204 No Content
+    status: int = 200
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    errors: tuple[int, ...] = ()
+    public: bool = False  # no API token needed
+    operator_only: bool = False  # the organisation's own operator token, not an integrator's
+    description: str = ""
+    path_params: list[str] = field(default_factory=list)
+
+    @property
+    def operation_id(self) -> str:
+        return self.handler.__name__.strip("_")
+
+
+class Api:
+    """The operations of one controller's REST API."""
+
+    def __init__(self, title: str, description: str = "", version: str = "1.0.0"):
+        self.title, self.description, self.version = title, description, version
+        self.operations: list[Operation] = []
+
+    def operation(self, method: str, path: str, *, summary: str, tag: str = "", response: Any = None,
+                  status: int = 200, body: type[BaseModel] | None = None, query: type[BaseModel] | None = None,
+                  errors: tuple[int, ...] = (), public: bool = False, operator_only: bool = False,
+                  description: str = "") -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.operations.append(Operation(
+                method=method.upper(), path=path, handler=handler, summary=summary, tag=tag or self.title,
+                response=response, status=204 if response is None else status, body=body, query=query,
+                errors=errors, public=public, operator_only=operator_only,
+                description=description or (handler.__doc__ or "").strip(), path_params=_PATH_PARAM.findall(path)))
+            return handler
+        return register
+
+    def include(self, other: Api) -> None:
+        self.operations.extend(other.operations)
+
+    # -- serving ------------------------------------------------------------------------------------
+    def routes(self, server_url: str | None = None) -> list[web.RouteDef]:
+        routes = [web.route(op.method, op.path, self._endpoint(op)) for op in self.operations]
+
+        async def openapi(_: web.Request) -> web.Response:
+            return web.json_response(self.openapi(server_url))
+
+        return [*routes, web.get(OPENAPI_PATH, openapi)]
+
+    def public_paths(self) -> set[str]:
+        return {OPENAPI_PATH} | {op.path for op in self.operations if op.public}
+
+    @staticmethod
+    def _endpoint(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        adapter = TypeAdapter(op.response) if op.response is not None else None
+
+        async def endpoint(request: web.Request) -> web.StreamResponse:
+            caller = request.get(CALLER)
+            if op.operator_only and (caller is None or not caller.is_operator):
+                raise ApiError(403, "only the organisation's operator token may do this")
+            kwargs: dict[str, Any] = {name: request.match_info[name] for name in op.path_params}
+            if op.query is not None:
+                kwargs["query"] = parse_query(request, op.query)
+            if op.body is not None:
+                kwargs["body"] = await parse_body(request, op.body)
+            result = await op.handler(request, **kwargs)
+            if adapter is None:
+                return web.Response(status=204)
+            return web.json_response(adapter.dump_python(result, mode="json"), status=op.status)
+
+        return endpoint
+
+    # -- describing -----------------------------------------------------------------------------------
+    def openapi(self, server_url: str | None = None) -> dict[str, Any]:
+        keyed: list[tuple[Any, str, TypeAdapter]] = [(ErrorBody, "serialization", TypeAdapter(ErrorBody))]
+        for op in self.operations:
+            if op.response is not None:
+                keyed.append(((op.operation_id, "out"), "serialization", TypeAdapter(op.response)))
+            if op.body is not None:
+                keyed.append(((op.operation_id, "in"), "validation", TypeAdapter(op.body)))
+        by_key, defs = TypeAdapter.json_schemas(keyed, ref_template="#/components/schemas/{model}")
+        error_ref = by_key[(ErrorBody, "serialization")]
+
+        paths: dict[str, dict[str, Any]] = {}
+        for op in self.operations:
+            parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                          for name in op.path_params]
+            if op.query is not None:
+                parameters += _query_parameters(op.query)
+            responses: dict[str, Any] = {}
+            if op.response is None:
+                responses["204"] = {"description": STATUS_TEXT[204]}
+            else:
+                responses[str(op.status)] = {"description": STATUS_TEXT.get(op.status, "OK"), "content": {
+                    "application/json": {"schema": by_key[((op.operation_id, "out"), "serialization")]}}}
+            codes = set(op.errors) | ({422} if op.body or op.query else set()) | (set() if op.public else {401})
+            if op.operator_only:
+                codes.add(403)
+            for code in sorted(codes):
+                responses[str(code)] = {"description": STATUS_TEXT.get(code, "Error"),
+                                        "content": {"application/json": {"schema": error_ref}}}
+            entry: dict[str, Any] = {"operationId": op.operation_id, "summary": op.summary, "tags": [op.tag],
+                                     "parameters": parameters, "responses": responses}
+            if op.description:
+                entry["description"] = op.description
+            if op.body is not None:
+                entry["requestBody"] = {"required": True, "content": {"application/json": {
+                    "schema": by_key[((op.operation_id, "in"), "validation")]}}}
+            if op.public:
+                entry["security"] = []
+            paths.setdefault(op.path, {})[op.method.lower()] = entry
+
+        document: dict[str, Any] = {
+            "openapi": "3.1.0",
+            "info": {"title": self.title, "version": self.version, "description": self.description},
+            "paths": paths,
+            "components": {"schemas": defs.get("$defs", {}),
+                           "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                                          "description": "an integrator's API token"}}},
+            "security": [{"bearer": []}],
+        }
+        if server_url:
+            document["servers"] = [{"url": server_url}]
+        return document
+
+
+def parse_query(request: web.Request, model: type[BaseModel]) -> BaseModel:
+    try:
+        return model.model_validate(dict(request.query))
+    except ValidationError as exc:
+        raise ApiError(422, "invalid query parameters", fields=field_problems(exc)) from None
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    schema = model.model_json_schema()
+    required = set(schema.get("required", []))
+    return [{"name": name, "in": "query", "required": name in required,
+             "description": prop.get("description", ""), "schema": {k: v for k, v in prop.items()
+                                                                   if k not in ("description", "title")}}
+            for name, prop in schema.get("properties", {}).items()]
