@@ -109,6 +109,24 @@ class DoctorService:
                                "contract: the health authority must add it")
         return self.cred_def_id
 
+    async def recover(self) -> list[str]:
+        """At start-up: offers the wallet answered while this controller was down (its agent's webhooks
+        went nowhere) are settled from the agent's exchange records, with their events."""
+        settled = []
+        for record in [r for r in self.records.all() if r.state == PrescriptionState.OFFERED and r.cred_ex_id]:
+            try:
+                details = await self.ctx.admin.get(f"/issue-credential-2.0/records/{record.cred_ex_id}")
+            except AdminApiError as exc:
+                LOG.warning("prescription %s: offer %s not readable (%s)", record.prescription_id,
+                            record.cred_ex_id, exc.reason)
+                continue
+            exchange = details.get("cred_ex_record") or {}
+            await self._on_issue_event(ISSUE_TOPIC, {"cred_ex_id": record.cred_ex_id, "state": exchange.get("state"),
+                                                     "error_msg": exchange.get("error_msg")})
+            if self._get(record.prescription_id).state != PrescriptionState.OFFERED:
+                settled.append(record.prescription_id)
+        return settled
+
     async def _find_cred_def(self, schema_id: str) -> str | None:
         found = await self.ctx.admin.get("/anoncreds/credential-definitions", schema_id=schema_id,
                                          issuer_id=self.issuer_did)
@@ -286,12 +304,15 @@ class DoctorService:
             return await self.view(record)
 
         @api.operation("GET", "/api/prescriptions/{prescription_id}/fhir", tag=tag, response=dict[str, Any],
-                       summary="One prescription as a FHIR R4 MedicationRequest", errors=(404,))
+                       summary="One prescription as a FHIR R4 MedicationRequest", errors=(404, 409))
         async def get_fhir_prescription(_: web.Request, prescription_id: str) -> dict[str, Any]:
             record = self._get(prescription_id)
-            return medication_request_from_order(record.order, prescription_id=record.prescription_id,
-                                                 prescriber=self.prescriber,
-                                                 authored_on=dt.datetime.fromtimestamp(record.created_at, dt.UTC))
+            try:
+                return medication_request_from_order(record.order, prescription_id=record.prescription_id,
+                                                     prescriber=self.prescriber,
+                                                     authored_on=dt.datetime.fromtimestamp(record.created_at, dt.UTC))
+            except FhirMappingError as exc:  # not expected: every accepted order has a FHIR form
+                raise ApiError(409, f"this prescription has no valid FHIR form: {exc}") from None
 
         @api.operation("POST", "/api/prescriptions/{prescription_id}/revoke", tag=tag, response=PrescriptionView,
                        summary="Revoke: cancel the token on chain, then revoke the credential",

@@ -120,12 +120,22 @@ class PharmacyService:
 
     # -- start-up: finish what a crash interrupted --------------------------------------------------
     async def recover(self) -> list[str]:
+        """Finish dispenses a crash interrupted, and settle checks whose presentation arrived (or was
+        abandoned) while this controller was down. Returns the ids of the checks it finished."""
         finished = []
         for check in self.checks.all():
             if check.state == CheckState.DISPENSING:
                 async with self._lock(check.check_id):
                     await self._finish_spend(check)
                 finished.append(check.check_id)
+            elif check.state == CheckState.REQUESTED:
+                try:
+                    record = await self.ctx.admin.presentation_exchange(check.pres_ex_id)
+                except AdminApiError:
+                    continue  # still unanswered requests may have been cleaned up by the agent: left as they are
+                if record.get("state") in ("presentation-received", "done", "abandoned"):
+                    await self._on_proof_event(PROOF_TOPIC, record)
+                    finished.append(check.check_id)
         return finished
 
     # -- asking for a prescription ----------------------------------------------------------------
@@ -160,6 +170,8 @@ class PharmacyService:
                 return
             if state == "presentation-received":
                 await self._verify(check)
+            elif state == "done" and "verified" in payload:  # verified by the agent before a restart
+                await self._verify(check, verified_record=payload)
             elif state == "abandoned":
                 # The wallet could not or would not present. Our only predicates are the validity
                 # dates, so a wallet that says a predicate is unmet holds a prescription not valid today.
@@ -168,12 +180,14 @@ class PharmacyService:
                 await self._refuse(check, reason, text)
 
     # -- checking ------------------------------------------------------------------------------------
-    async def _verify(self, check: StoredCheck) -> None:
-        try:
-            record = await self.ctx.admin.verify_presentation(check.pres_ex_id)
-        except AdminApiError as exc:
-            await self._refuse(check, RefusalReason.INVALID_PRESENTATION, exc.reason)
-            return
+    async def _verify(self, check: StoredCheck, verified_record: dict | None = None) -> None:
+        record = verified_record
+        if record is None:
+            try:
+                record = await self.ctx.admin.verify_presentation(check.pres_ex_id)
+            except AdminApiError as exc:
+                await self._refuse(check, RefusalReason.INVALID_PRESENTATION, exc.reason)
+                return
         revealed, identifiers = _presented(record)
         check.cred_def_id = identifiers.get("cred_def_id")
         try:

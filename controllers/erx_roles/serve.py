@@ -37,10 +37,12 @@ async def build_app(network: Network, agent_name: str) -> web.Application:
         service = DoctorService(ctx)
         cred_def_id = await service.onboard()
         LOG.info("doctor onboarded: credential definition %s", cred_def_id)
+        if settled := await service.recover():
+            LOG.info("settled %d offer(s) answered while the controller was down", len(settled))
     elif role == "pharmacy":
         service = PharmacyService(ctx)
         if finished := await service.recover():
-            LOG.info("finished %d dispense(s) interrupted by a restart", len(finished))
+            LOG.info("finished %d check(s) left open by a restart", len(finished))
     else:
         service = PatientService(ctx, auto_respond=ctx.agent.auto_respond)
 

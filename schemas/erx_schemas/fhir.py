@@ -54,6 +54,8 @@ _PRESCRIBER_ID_SYSTEM = "urn:erx:prescriber-id"
 _PHARMACY_ID_SYSTEM = "urn:erx:pharmacy-id"
 _TOKEN_SPEND_TX_SYSTEM = "urn:erx:token-spend-tx"
 _REMAINING_REDEMPTIONS_URL = "urn:erx:fhir:extension:remaining-redemptions"
+# A strength the doctor typed that a Ratio cannot hold ("1 puff", "0.5 %"): kept as text on the ingredient.
+_STRENGTH_TEXT_URL = "urn:erx:fhir:extension:strength-text"
 
 _MAX_REPEATS = 11  # PrescriptionOrder.redemptions <= 12, and redemptions = repeats + 1
 _MAX_QUANTITY = 1000
@@ -296,6 +298,10 @@ def _read_strength(medication: Any, path: str, form: str | None, reading: _Readi
     if ingredient.isActive is False:
         reading.problem(f"{ingredient_path}.isActive", "the only ingredient is inactive: its amount is no strength")
     if ingredient.strength is None:
+        as_text = [e.valueString for e in ingredient.extension or [] if e.url == _STRENGTH_TEXT_URL and e.valueString]
+        if as_text:
+            reading.put("medication.strength", as_text[0], f"{ingredient_path}.extension")
+            return
         reading.problem(f"{ingredient_path}.strength", "the strength is needed (a Ratio such as 400 mg per tablet)")
         return
     text = _ratio_text(ingredient.strength, f"{ingredient_path}.strength", form, reading)
@@ -503,7 +509,8 @@ def medication_request_from_order(order: PrescriptionOrder, *, prescription_id: 
                                   authored_on: dt.date | dt.datetime | None = None) -> dict:
     """The order as a FHIR R4 MedicationRequest (JSON dict) that `order_from_medication_request` reads back.
 
-    Raises FhirMappingError when the strength cannot be written as a FHIR Ratio (see docs/fhir.md).
+    A strength that a FHIR Ratio cannot hold is kept as text in an extension of the ingredient
+    (see docs/fhir.md), so every order can be written out and read back.
     """
     medication = order.medication
     dispense_request: dict[str, Any] = {
@@ -519,8 +526,7 @@ def medication_request_from_order(order: PrescriptionOrder, *, prescription_id: 
             {"resourceType": "Medication", "id": "medication",
              "code": _medication_concept(medication, text=medication.name),
              "form": {"text": medication.form},
-             "ingredient": [{"itemCodeableConcept": {"text": medication.name},
-                             "strength": _strength_ratio(medication)}]},
+             "ingredient": [_ingredient(medication)]},
             {"resourceType": "Practitioner", "id": "prescriber",
              "identifier": [{"system": _PRESCRIBER_ID_SYSTEM, "value": prescriber.identifier}],
              "name": [{"text": prescriber.name}]},
@@ -536,6 +542,15 @@ def medication_request_from_order(order: PrescriptionOrder, *, prescription_id: 
         "dispenseRequest": dispense_request,
     }
     return _json(_validated(MedicationRequest, _without_none(resource), "MedicationRequest"))
+
+
+def _ingredient(medication: Medication) -> dict[str, Any]:
+    ingredient: dict[str, Any] = {"itemCodeableConcept": {"text": medication.name}}
+    try:
+        ingredient["strength"] = _strength_ratio(medication)
+    except FhirMappingError:
+        ingredient["extension"] = [{"url": _STRENGTH_TEXT_URL, "valueString": medication.strength}]
+    return ingredient
 
 
 def _strength_ratio(medication: Medication) -> dict[str, Any]:

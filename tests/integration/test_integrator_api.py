@@ -358,3 +358,37 @@ async def test_controller_restart_during_delivery_loses_no_event(
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs  # no gap
     assert [e["type"] for e in delivered if e["id"] in wanted].count("prescription.issued") == 2
     assert receiver.bad_signatures == 0
+
+
+async def test_presentation_arriving_while_the_pharmacy_controller_is_down_is_checked_after_restart(
+        network: Network, practice: Integrator, pharmacy_system: Integrator, wallet: ControllerClient,
+        connected: str):
+    """The agent's webhook finds no controller; at start-up the controller settles the check from the
+    agent's exchange record, and integrators get its event."""
+    created = await practice.client.post("/api/prescriptions", {"connection_id": connected, "order": sample_order()})
+    assert (await practice.client.get(f"/api/prescriptions/{created['prescription_id']}", wait=WAIT_S))["state"] \
+        == "issued"
+    credential = await held_credential(wallet, created["prescription_id"])
+    check = await pharmacy_system.client.post("/api/checks", {})
+    before = await last_seq(pharmacy_system)
+
+    os.kill(network.supervisor.record(f"controller-{PHARMACY}").pid, signal.SIGKILL)
+    await wallet.post("/api/invitations", {"invitation_url": check["invitation_url"],
+                                           "credential_id": credential["credential_id"]})
+    admin = network.admin(PHARMACY)
+    try:  # the presentation reached the pharmacy's agent, whose webhooks go nowhere now
+        for _ in range(300):
+            record = await admin.presentation_exchange(check["pres_ex_id"])
+            if record["state"] == "presentation-received":
+                break
+            await asyncio.sleep(0.1)
+        assert record["state"] == "presentation-received", record["state"]
+    finally:
+        await admin.close()
+
+    await network.up()
+    settled = await pharmacy_system.client.get(f"/api/checks/{check['check_id']}")
+    assert settled["state"] == "verified", settled
+    events = await pharmacy_system.client.get("/api/events", after_seq=before)
+    assert [(e["type"], e["data"]["check"]["check_id"]) for e in events] == \
+        [("prescription.presented", check["check_id"])]

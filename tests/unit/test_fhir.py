@@ -367,10 +367,15 @@ def test_strength_is_normalised_on_the_way_out(written, read_back):
 
 
 @pytest.mark.parametrize("written", ["0,5 mg", "1,000 mg", "2.5 mg + 12.5 mg", "one tablet", "1-2 mg"])
-def test_strength_that_is_no_ratio_is_refused(written):
-    with pytest.raises(FhirMappingError) as err:
-        medication_request_from_order(order_with_strength(written), prescription_id="rx-1", prescriber=PRESCRIBER)
-    assert [p.path for p in err.value.problems] == ["PrescriptionOrder.medication.strength"]
+def test_strength_that_is_no_ratio_travels_as_text_and_reads_back_unchanged(written):
+    """Every order the doctor's API accepted can be exported: what a Ratio cannot hold (or would make
+    ambiguous) is kept verbatim in an extension, and the importer reads that extension back."""
+    resource = medication_request_from_order(order_with_strength(written), prescription_id="rx-1",
+                                             prescriber=PRESCRIBER)
+    ingredient = next(r for r in resource["contained"] if r["resourceType"] == "Medication")["ingredient"][0]
+    assert "strength" not in ingredient
+    assert ingredient["extension"] == [{"url": "urn:erx:fhir:extension:strength-text", "valueString": written}]
+    assert order_from_medication_request(resource).medication.strength == written
 
 
 def test_naive_authored_datetime_is_refused():
