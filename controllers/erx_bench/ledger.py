@@ -24,14 +24,14 @@ import aiohttp
 from coincurve import PrivateKey
 from eth_abi import encode as abi_encode
 from eth_account import Account
-from eth_utils import keccak, to_checksum_address
+from eth_utils import keccak
 from web3 import Web3
 
 from erx_bench.stats import latency_summary, machine, table
 from erx_chain.accounts import dev_accounts
 from erx_chain.node import anvil_process, wait_for_rpc
 from erx_contracts.artifact import load_artifact
-from erx_contracts.client import PrescriptionTokenClient, TokenSpec, sign_spend
+from erx_contracts.client import PrescriptionTokenClient, sign_spend
 from erx_contracts.config import ChainConfig
 from erx_core.processes import ProcessSpec, Supervisor, free_port
 

@@ -39,6 +39,8 @@ def cmd_status(args) -> int:
     else:
         for name, comp in status.components.items():
             print(f"{'ok ' if comp.healthy else 'DOWN'}  {name:<16} {comp.detail}")
+        for name, url in status.api.items():
+            print(f"api   {name:<16} {url}")
     return 0 if status.healthy else 1
 
 

@@ -24,9 +24,10 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.medicationdispense import MedicationDispense
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.resource import Resource
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from erx_schemas.prescription import Medication, Prescriber, PrescriptionOrder, RevealedPrescription
+from erx_schemas.prescription import (Medication, Prescriber, PrescriptionOrder, PresentedPrescription,
+                                      RevealedPrescription)
 
 __all__ = ["FhirMappingError", "FhirProblem", "medication_dispense", "medication_request_from_order",
            "order_from_medication_request"]
@@ -575,20 +576,6 @@ def _strength_ratio(medication: Medication) -> dict[str, Any]:
 
 # -- MedicationDispense ------------------------------------------------------------------------------
 
-class _DispensedPrescription(BaseModel):
-    """RevealedPrescription without its token: everything a dispense record may show, and nothing more."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    prescription_id: str = Field(min_length=1)
-    patient_name: str
-    patient_birth_date: dt.date
-    medication: Medication
-    dosage_instructions: str
-    quantity: int
-    prescriber: Prescriber
-
-
 def medication_dispense(prescription: RevealedPrescription | dict, *, dispense_id: str,
                         when_handed_over: dt.datetime, pharmacy_name: str, pharmacy_identifier: str | None,
                         token_tx_hash: str | None, remaining_redemptions: int | None) -> dict:
@@ -641,7 +628,7 @@ def medication_dispense(prescription: RevealedPrescription | dict, *, dispense_i
     return result
 
 
-def _dispensed_prescription(prescription: RevealedPrescription | dict) -> tuple[_DispensedPrescription, list[str]]:
+def _dispensed_prescription(prescription: RevealedPrescription | dict) -> tuple[PresentedPrescription, list[str]]:
     """The prescription without its token, and the secret key (lower-case hex, no 0x) to keep out."""
     if isinstance(prescription, RevealedPrescription):
         data = prescription.model_dump(exclude={"token"})
@@ -656,7 +643,7 @@ def _dispensed_prescription(prescription: RevealedPrescription | dict) -> tuple[
                                             message="expected a RevealedPrescription or its JSON dict")])
     secrets = [key.casefold().removeprefix("0x")] if isinstance(key, str) and len(key.strip("*")) >= 16 else []
     try:
-        return _DispensedPrescription.model_validate(data), secrets
+        return PresentedPrescription.model_validate(data), secrets
     except ValidationError as exc:
         raise FhirMappingError([
             FhirProblem(path=".".join(["prescription", *(str(part) for part in error["loc"])]),

@@ -195,16 +195,21 @@ class Prescription(BaseModel):
         return {k: str(v) for k, v in values.items()}
 
 
-class RevealedPrescription(BaseModel):
-    """What a pharmacy learns from a presentation: the revealed attributes, typed."""
+class PresentedPrescription(BaseModel):
+    """What a pharmacy may keep and show of a presentation: everything revealed but the token."""
 
-    prescription_id: str
+    prescription_id: str = Field(min_length=1)
     patient_name: str
     patient_birth_date: dt.date
     medication: Medication
     dosage_instructions: str
     quantity: int
     prescriber: Prescriber
+
+
+class RevealedPrescription(PresentedPrescription):
+    """What a pharmacy learns from a presentation: the revealed attributes, typed, with the token."""
+
     token: TokenRef
 
     @classmethod

@@ -193,8 +193,8 @@ async def test_full_flow_through_the_rest_api_with_signed_webhooks(
     assert "token_secret_key" not in everything and "spend_raw_tx" not in everything
 
 
-async def test_fhir_round_trip(network: Network, practice: Integrator, pharmacy_system: Integrator, wallet: ControllerClient,
-                               connected: str):
+async def test_fhir_round_trip(network: Network, practice: Integrator, pharmacy_system: Integrator,
+                               wallet: ControllerClient, connected: str):
     """MedicationRequest in → credential → presentation → MedicationDispense out."""
     medication_request = fhir_request_valid_today()
     MedicationRequest.model_validate(medication_request)
@@ -304,28 +304,6 @@ async def test_status_lists_the_openapi_documents_and_they_describe_the_routes(n
             assert schema_ref.split("/")[-1] in document["components"]["schemas"]
 
 
-@pytest.mark.parametrize("organisation", [DOCTOR, PHARMACY])
-async def test_schemathesis_finds_no_server_error(network: Network, organisation: str, tmp_path: Path):
-    """Property-based requests from the OpenAPI document, valid and invalid, against the running
-    controller: none may answer 5xx, and every answer must match the documented status codes, content
-    types and schemas. It runs with the operator token, which may call every operation."""
-    # the token reaches schemathesis through its environment, not argv; long polls are answered at once
-    # (waiting is exercised by the flow tests; here it would only make each call last up to 60 s)
-    (tmp_path / "schemathesis.toml").write_text(
-        '[headers]\nAuthorization = "Bearer ${ERX_FUZZ_TOKEN}"\n\n[parameters]\n"query.wait" = 0\n')
-    command = [sys.executable, "-m", "schemathesis.cli", "run", network.controller_url(organisation)
-               + "/api/openapi.json", "--checks", "not_a_server_error,status_code_conformance,"
-               "content_type_conformance,response_schema_conformance", "--max-examples", "25",
-               "--phases", "examples,coverage,fuzzing", "--seed", "1", "--request-timeout", "70", "--no-color"]
-    token = network.secrets.controller_api_key(organisation).get_secret_value()
-    proc = await asyncio.create_subprocess_exec(*command, cwd=tmp_path, stdout=subprocess.PIPE,
-                                                stderr=subprocess.STDOUT, env={**os.environ, "ERX_FUZZ_TOKEN": token})
-    output = (await asyncio.wait_for(proc.communicate(), 600))[0].decode(errors="replace")
-    assert proc.returncode == 0, output[-6000:]
-    generated = re.search(r"(\d+) generated, (\d+) passed", output)
-    assert generated and int(generated[1]) == int(generated[2]) > 100, output[-2000:]
-
-
 # -- durability -------------------------------------------------------------------------------------------
 async def test_controller_restart_during_delivery_loses_no_event(
         network: Network, practice: Integrator, wallet: ControllerClient, connected: str,
@@ -392,3 +370,35 @@ async def test_presentation_arriving_while_the_pharmacy_controller_is_down_is_ch
     events = await pharmacy_system.client.get("/api/events", after_seq=before)
     assert [(e["type"], e["data"]["check"]["check_id"]) for e in events] == \
         [("prescription.presented", check["check_id"])]
+
+
+# -- fuzzing (last: it changes shared state, e.g. removes trusted prescribers it finds) -------------------
+@pytest.mark.parametrize("organisation", [DOCTOR, PHARMACY])
+async def test_schemathesis_finds_no_server_error(network: Network, operator: Scenario, organisation: str,
+                                                  tmp_path: Path):
+    """Property-based requests from the OpenAPI document, valid and invalid, against the running
+    controller: none may answer 5xx, and every answer must match the documented status codes, content
+    types and schemas. It runs as an integrator would, with its own token."""
+    fuzzer = await new_integrator(network, operator, organisation, "schemathesis")
+    await fuzzer.client.close()
+    trusted_before = await operator.client(organisation).get("/api/trusted-prescribers") \
+        if organisation != DOCTOR else []
+    # the token reaches schemathesis through its environment, not argv; long polls are answered at once
+    # (waiting is exercised by the flow tests; here it would only make each call last up to 60 s)
+    (tmp_path / "schemathesis.toml").write_text(
+        '[headers]\nAuthorization = "Bearer ${ERX_FUZZ_TOKEN}"\n\n[parameters]\n"query.wait" = 0\n')
+    command = [sys.executable, "-m", "schemathesis.cli", "run", network.controller_url(organisation)
+               + "/api/openapi.json", "--checks", "not_a_server_error,status_code_conformance,"
+               "content_type_conformance,response_schema_conformance", "--max-examples", "25",
+               "--phases", "examples,coverage,fuzzing", "--seed", "1", "--request-timeout", "70", "--no-color"]
+    try:
+        proc = await asyncio.create_subprocess_exec(*command, cwd=tmp_path, stdout=subprocess.PIPE,
+                                                    stderr=subprocess.STDOUT,
+                                                    env={**os.environ, "ERX_FUZZ_TOKEN": fuzzer.token})
+        output = (await asyncio.wait_for(proc.communicate(), 600))[0].decode(errors="replace")
+    finally:  # later test modules share this network and its trust lists
+        for trusted in trusted_before:
+            await operator.client(organisation).post("/api/trusted-prescribers", trusted)
+    assert proc.returncode == 0, output[-6000:]
+    generated = re.search(r"(\d+) generated, (\d+) passed", output)
+    assert generated and int(generated[1]) == int(generated[2]) > 100, output[-2000:]

@@ -16,8 +16,8 @@ from pydantic import SecretStr
 from erx_schemas import fhir
 from erx_schemas.fhir import (FhirMappingError, FhirProblem, medication_dispense, medication_request_from_order,
                               order_from_medication_request)
-from erx_schemas.prescription import (CODE_SYSTEMS, Medication, Prescriber, PrescriptionOrder, RevealedPrescription,
-                                      TokenRef)
+from erx_schemas.prescription import (CODE_SYSTEMS, Medication, Prescriber, PrescriptionOrder, PresentedPrescription,
+                                      RevealedPrescription, TokenRef)
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "fhir" / "medication-request-ibuprofen.json"
 PATIENT, MEDICATION = 0, 1  # positions in the fixture's `contained`
@@ -479,7 +479,7 @@ def test_dispense_of_an_incomplete_record_names_the_missing_field():
 
 
 def test_dispensed_prescription_is_revealed_prescription_without_token():
-    assert set(fhir._DispensedPrescription.model_fields) == set(RevealedPrescription.model_fields) - {"token"}
+    assert set(PresentedPrescription.model_fields) == set(RevealedPrescription.model_fields) - {"token"}
 
 
 def test_public_surface_is_exactly_the_mapping():
