@@ -93,6 +93,14 @@ def _default_agents() -> list[AgentSettings]:
     ]
 
 
+class CheckSettings(BaseModel):
+    """How long a pharmacy check may stay open. A verified check holds the presented token key in the
+    agent's records until it ends, so it must not stay open for ever."""
+
+    unanswered_after_s: float = Field(default=15 * 60, gt=0, description="a QR code or request nobody answered")
+    undispensed_after_s: float = Field(default=60 * 60, gt=0, description="verified but never dispensed")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ERX_", env_nested_delimiter="__", extra="ignore")
 
@@ -112,6 +120,7 @@ class Settings(BaseSettings):
     prescription_schema_id: str | None = None
     # Outgoing webhooks to integrators: request timeout, retry backoff, give-up, signature tolerance.
     webhooks: WebhookSettings = WebhookSettings()
+    checks: CheckSettings = CheckSettings()
 
     @model_validator(mode="after")
     def _ports_do_not_collide(self) -> Settings:

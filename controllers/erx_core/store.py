@@ -11,6 +11,7 @@ Writes that must land together (a record and the webhook event announcing it) go
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from typing import Callable, Generic, Iterator, TypeVar
 from pydantic import BaseModel
 
 M = TypeVar("M", bound=BaseModel)
+_FIELD = re.compile(r"[a-z_][a-z0-9_]*")
 LOG = logging.getLogger("erx.store")
 
 
@@ -99,16 +101,33 @@ class Store:
             except Exception:
                 LOG.exception("after-transaction callback failed")
 
-    def table(self, kind: str, model: type[M]) -> Table[M]:
-        return Table(self._db, kind, model)
+    def table(self, kind: str, model: type[M], *, indexed: tuple[str, ...] = ()) -> Table[M]:
+        """Records of one kind. `indexed` names top-level fields that `Table.find` looks up by index
+        (e.g. the agent's exchange id, which every agent webhook carries)."""
+        return Table(self._db, kind, model, indexed)
 
     def close(self) -> None:
         self._db.close()
 
 
 class Table(Generic[M]):
-    def __init__(self, db: sqlite3.Connection, kind: str, model: type[M]):
+    def __init__(self, db: sqlite3.Connection, kind: str, model: type[M], indexed: tuple[str, ...] = ()):
         self._db, self.kind, self.model = db, kind, model
+        self.indexed = indexed
+        for field in indexed:
+            if not _FIELD.fullmatch(field) or field not in model.model_fields:
+                raise ValueError(f"cannot index {kind}.{field}: not a top-level field name")
+            # An expression index: the lookup below must spell the expression the same way to use it.
+            self._db.execute(f"CREATE INDEX IF NOT EXISTS records_by_{field} "
+                             f"ON records (kind, json_extract(doc, '$.{field}'))")
+
+    def find(self, field: str, value: str) -> M | None:
+        """The record whose `field` equals `value` (the newest, should there be several)."""
+        if field not in self.indexed:
+            raise ValueError(f"{self.kind}.{field} is not indexed")
+        row = self._db.execute(f"SELECT doc FROM records WHERE kind=? AND json_extract(doc, '$.{field}')=? "
+                               "ORDER BY updated DESC LIMIT 1", (self.kind, value)).fetchone()
+        return self.model.model_validate_json(row[0]) if row else None
 
     def put(self, record_id: str, record: M) -> M:
         self._db.execute("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?)",
@@ -118,6 +137,14 @@ class Table(Generic[M]):
     def get(self, record_id: str) -> M | None:
         row = self._db.execute("SELECT doc FROM records WHERE kind=? AND id=?", (self.kind, record_id)).fetchone()
         return self.model.model_validate_json(row[0]) if row else None
+
+    def find_all(self, field: str, value: str) -> Iterator[M]:
+        """Every record whose `field` equals `value`, newest first."""
+        if field not in self.indexed:
+            raise ValueError(f"{self.kind}.{field} is not indexed")
+        for (doc,) in self._db.execute(f"SELECT doc FROM records WHERE kind=? AND json_extract(doc, '$.{field}')=? "
+                                       "ORDER BY updated DESC", (self.kind, value)).fetchall():
+            yield self.model.model_validate_json(doc)
 
     def delete(self, record_id: str) -> None:
         self._db.execute("DELETE FROM records WHERE kind=? AND id=?", (self.kind, record_id))

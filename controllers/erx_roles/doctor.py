@@ -79,7 +79,7 @@ class IssueRequest(BaseModel):
 class DoctorService:
     def __init__(self, ctx: RoleContext):
         self.ctx = ctx
-        self.records = ctx.store.table("prescription", IssuedPrescription)
+        self.records = ctx.store.table("prescription", IssuedPrescription, indexed=("cred_ex_id",))
         self.meta = ctx.store.table("meta", _Meta)
         self.cred_def_id: str | None = None
         self.issuer_did: str | None = None
@@ -182,7 +182,7 @@ class DoctorService:
         return record
 
     def _by_exchange(self, cred_ex_id: str) -> IssuedPrescription | None:
-        return next((r for r in self.records.all() if r.cred_ex_id == cred_ex_id), None)
+        return self.records.find("cred_ex_id", cred_ex_id) if cred_ex_id else None
 
     async def _on_issue_event(self, topic: str, payload: Payload) -> None:
         record = self._by_exchange(payload.get("cred_ex_id", ""))

@@ -94,7 +94,8 @@ class RequestBody(BaseModel):
 class PharmacyService:
     def __init__(self, ctx: RoleContext):
         self.ctx = ctx
-        self.checks = ctx.store.table("check", StoredCheck)
+        self.checks = ctx.store.table("check", StoredCheck, indexed=("pres_ex_id", "state"))
+        self.limits = ctx.network.settings.checks
         self.trusted = ctx.store.table("trusted", TrustedPrescriber)
         self._locks: dict[str, asyncio.Lock] = {}
         self._did: str | None = None
@@ -138,6 +139,37 @@ class PharmacyService:
                     finished.append(check.check_id)
         return finished
 
+    # -- checks nobody finishes --------------------------------------------------------------------
+    async def expire_stale(self, now: float | None = None) -> list[str]:
+        """End checks left open too long: unanswered requests, and verified prescriptions never
+        dispensed (their presentation, holding the token key, is then deleted from the agent).
+        Nothing is spent: the patient's prescription stays valid."""
+        now = time.time() if now is None else now
+        limits = {CheckState.REQUESTED: ("created_at", self.limits.unanswered_after_s, "unanswered"),
+                  CheckState.VERIFIED: ("updated_at", self.limits.undispensed_after_s, "verified but not dispensed")}
+        expired = []
+        for state, (since, after_s, what) in limits.items():
+            for check in list(self.checks.find_all("state", state.value)):
+                if now - getattr(check, since) < after_s:
+                    continue
+                async with self._lock(check.check_id):
+                    check = self._get(check.check_id)
+                    if check.state == state:
+                        await self._refuse(check, RefusalReason.TIMED_OUT, f"{what} for {after_s / 60:.0f} min")
+                        expired.append(check.check_id)
+        return expired
+
+    async def expire_stale_forever(self) -> None:
+        """The housekeeping loop the controller runs: a timer, since no event announces a timeout."""
+        interval = min(self.limits.unanswered_after_s, self.limits.undispensed_after_s, 240) / 4
+        while True:
+            try:
+                if expired := await self.expire_stale():
+                    LOG.info("%d check(s) timed out", len(expired))
+            except Exception:  # e.g. the agent is restarting: try again next round
+                LOG.exception("expiring stale checks failed")
+            await asyncio.sleep(interval)
+
     # -- asking for a prescription ----------------------------------------------------------------
     def proof_request(self) -> dict:
         return dispensing_proof_request(self.ctx.network.prescription_schema_id)
@@ -157,7 +189,7 @@ class PharmacyService:
         return self._save(check)
 
     def _by_exchange(self, pres_ex_id: str) -> StoredCheck | None:
-        return next((c for c in self.checks.all() if c.pres_ex_id == pres_ex_id), None)
+        return self.checks.find("pres_ex_id", pres_ex_id) if pres_ex_id else None
 
     async def _on_proof_event(self, topic: str, payload: Payload) -> None:
         check = self._by_exchange(payload.get("pres_ex_id", ""))

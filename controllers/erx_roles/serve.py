@@ -9,6 +9,7 @@ exactly the configuration its network was started with.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 from pathlib import Path
 
@@ -70,14 +71,16 @@ async def build_app(network: Network, agent_name: str) -> web.Application:
     mount_pages(app, network, ctx, service)
     app["service"] = service
 
-    async def start_outbox(_: web.Application) -> None:
+    async def background(_: web.Application):
         await ctx.outbox.start()
-
-    async def close(_: web.Application) -> None:
+        housekeeping = asyncio.create_task(service.expire_stale_forever()) \
+            if isinstance(service, PharmacyService) else None
+        yield
+        if housekeeping is not None:
+            housekeeping.cancel()
         await ctx.close()
 
-    app.on_startup.append(start_outbox)
-    app.on_cleanup.append(close)
+    app.cleanup_ctx.append(background)
     return app
 
 

@@ -240,6 +240,7 @@ class RefusalReason(StrEnum):
     CANCELLED = "cancelled"
     UNKNOWN_TOKEN = "unknown_token"
     INVALID_PRESENTATION = "invalid_presentation"
+    TIMED_OUT = "timed_out"  # the check itself ran out of time; the prescription is untouched
 
 
 REFUSAL_TEXT: dict[RefusalReason, str] = {
@@ -250,6 +251,8 @@ REFUSAL_TEXT: dict[RefusalReason, str] = {
     RefusalReason.CANCELLED: "the prescription's redemption token was cancelled by its prescriber",
     RefusalReason.UNKNOWN_TOKEN: "the prescription's key does not match any redemption token",
     RefusalReason.INVALID_PRESENTATION: "the presentation could not be verified",
+    RefusalReason.TIMED_OUT: "the check was not completed in time; nothing was redeemed, ask for the prescription "
+                             "again",
 }
 
 
