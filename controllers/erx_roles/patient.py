@@ -22,7 +22,7 @@ from erx_core.acapy_admin import AdminApiError
 from erx_core.events import Payload
 from erx_roles.context import RoleContext
 from erx_roles.http import ApiError, json_response, not_found, parse_body
-from erx_roles.invitations import decode_invitation, invitation_from_url  # noqa: F401 (decode_invitation lived here)
+from erx_roles.invitations import invitation_from_url
 
 LOG = logging.getLogger("erx.patient")
 ISSUE_TOPIC = "issue_credential_v2_0"

@@ -5,7 +5,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import BaseModel, Field
 
 from erx_roles.http import ApiError, Caller, api_middlewares, json_response, parse_body
-from erx_roles.patient import _satisfies, decode_invitation
+from erx_roles.invitations import decode_invitation
+from erx_roles.patient import _satisfies
 
 
 class Body(BaseModel):
