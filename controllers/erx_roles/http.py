@@ -46,14 +46,6 @@ def field_problems(exc: ValidationError) -> list[dict[str, str]]:
             for e in exc.errors(include_url=False, include_input=False)]
 
 
-def wait_param(request: web.Request, limit_s: float = 60.0) -> float:
-    """The `?wait=seconds` of a long poll, bounded."""
-    try:
-        return min(max(float(request.query.get("wait", "0")), 0.0), limit_s)
-    except ValueError:
-        raise ApiError(400, "wait must be a number of seconds") from None
-
-
 class Caller(BaseModel):
     """Who is calling the API: the organisation's operator, or one of its integrators."""
 

@@ -48,23 +48,8 @@ ATTRIBUTES: list[str] = [
 
 # What a pharmacy needs to dispense, and nothing more. Validity is proven by predicates instead;
 # the number of redemptions is read from the chain; the issue date is not needed.
-REVEALED_FOR_DISPENSING: list[str] = [
-    "prescription_id",
-    "patient_name",
-    "patient_birth_date",
-    "medication_name",
-    "medication_code",
-    "medication_code_system",
-    "medication_strength",
-    "medication_form",
-    "dosage_instructions",
-    "quantity",
-    "prescriber_name",
-    "prescriber_id",
-    "token_chain_id",
-    "token_contract",
-    "token_secret_key",
-]
+NOT_REVEALED_FOR_DISPENSING = {"redemptions", "valid_from", "valid_until", "issue_date"}
+REVEALED_FOR_DISPENSING: list[str] = [a for a in ATTRIBUTES if a not in NOT_REVEALED_FOR_DISPENSING]
 
 CODE_SYSTEMS = {"ATC", "PZN", "RXNORM", "SNOMED", "EAN"}
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
