@@ -103,8 +103,12 @@ class Api:
     def routes(self, server_url: str | None = None) -> list[web.RouteDef]:
         routes = [web.route(op.method, op.path, self._endpoint(op)) for op in self.operations]
 
+        document: dict[str, Any] = {}  # built on first request: by then every operation is declared
+
         async def openapi(_: web.Request) -> web.Response:
-            return web.json_response(self.openapi(server_url))
+            if not document:
+                document.update(self.openapi(server_url))
+            return web.json_response(document)
 
         return [*routes, web.get(OPENAPI_PATH, openapi)]
 

@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from erx_core.acapy_admin import AdminApiError
 from erx_core.events import EventTimeout
+from erx_core.store import Table
 from erx_roles.context import RoleContext
 from erx_roles.api import Api, WaitQuery
 from erx_roles.http import ApiError
@@ -25,10 +26,15 @@ class ConnectionOut(BaseModel):
     state: str
 
 
+def _invitations(ctx: RoleContext) -> Table[InvitationOut]:
+    """Invitations this organisation made: a long poll on an unknown one answers 404 at once."""
+    return ctx.store.table("invitation", InvitationOut)
+
+
 async def create_invitation(ctx: RoleContext, alias: str) -> InvitationOut:
     inv = await ctx.admin.create_invitation(alias=alias)
     created = InvitationOut(invitation_id=inv.invi_msg_id, invitation_url=inv.invitation_url)
-    ctx.store.table("invitation", InvitationOut).put(created.invitation_id, created)
+    _invitations(ctx).put(created.invitation_id, created)
     return created
 
 
@@ -60,7 +66,7 @@ async def require_active_connection(ctx: RoleContext, connection_id: str) -> Non
 
 def connection_api(ctx: RoleContext, alias: str) -> Api:
     api = Api("connections")
-    invitations = ctx.store.table("invitation", InvitationOut)
+    invitations = _invitations(ctx)
 
     @api.operation("POST", "/api/invitations", summary=f"An invitation for a {alias}'s wallet (QR code or link)",
                    tag="connections", response=InvitationOut, status=201, errors=(502,))

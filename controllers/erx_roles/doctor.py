@@ -79,7 +79,7 @@ class IssueRequest(BaseModel):
 class DoctorService:
     def __init__(self, ctx: RoleContext):
         self.ctx = ctx
-        self.records = ctx.store.table("prescription", IssuedPrescription, indexed=("cred_ex_id",))
+        self.records = ctx.store.table("prescription", IssuedPrescription, indexed=("cred_ex_id", "state"))
         self.meta = ctx.store.table("meta", _Meta)
         self.cred_def_id: str | None = None
         self.issuer_did: str | None = None
@@ -113,7 +113,7 @@ class DoctorService:
         """At start-up: offers the wallet answered while this controller was down (its agent's webhooks
         went nowhere) are settled from the agent's exchange records, with their events."""
         settled = []
-        for record in [r for r in self.records.all() if r.state == PrescriptionState.OFFERED and r.cred_ex_id]:
+        for record in [r for r in self.records.find_all("state", PrescriptionState.OFFERED) if r.cred_ex_id]:
             try:
                 details = await self.ctx.admin.get(f"/issue-credential-2.0/records/{record.cred_ex_id}")
             except AdminApiError as exc:

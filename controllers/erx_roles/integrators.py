@@ -79,14 +79,10 @@ class Integrators:
                                    token_hint=token[-4:], created_at=time.time(), token_sha256=_digest(token))
         self._table.put(stored.integrator_id, stored)
         self._by_digest[stored.token_sha256] = stored
-        return IntegratorCreated(**Integrator.model_validate(stored.model_dump()).model_dump(), token=token)
+        return IntegratorCreated(**stored.model_dump(exclude={"token_sha256"}), token=token)
 
     def all(self) -> list[Integrator]:
-        return [Integrator.model_validate(i.model_dump()) for i in self._table.all()]
-
-    def get(self, integrator_id: str) -> Integrator | None:
-        found = self._table.get(integrator_id)
-        return Integrator.model_validate(found.model_dump()) if found else None
+        return [Integrator(**i.model_dump(exclude={"token_sha256"})) for i in self._table.all()]
 
     def remove(self, integrator_id: str) -> bool:
         found = self._table.get(integrator_id)

@@ -124,19 +124,18 @@ class PharmacyService:
         """Finish dispenses a crash interrupted, and settle checks whose presentation arrived (or was
         abandoned) while this controller was down. Returns the ids of the checks it finished."""
         finished = []
-        for check in self.checks.all():
-            if check.state == CheckState.DISPENSING:
-                async with self._lock(check.check_id):
-                    await self._finish_spend(check)
+        for check in list(self.checks.find_all("state", CheckState.DISPENSING)):
+            async with self._lock(check.check_id):
+                await self._finish_spend(check)
+            finished.append(check.check_id)
+        for check in list(self.checks.find_all("state", CheckState.REQUESTED)):
+            try:
+                record = await self.ctx.admin.presentation_exchange(check.pres_ex_id)
+            except AdminApiError:
+                continue  # still unanswered requests may have been cleaned up by the agent: left as they are
+            if record.get("state") in ("presentation-received", "done", "abandoned"):
+                await self._on_proof_event(PROOF_TOPIC, record)
                 finished.append(check.check_id)
-            elif check.state == CheckState.REQUESTED:
-                try:
-                    record = await self.ctx.admin.presentation_exchange(check.pres_ex_id)
-                except AdminApiError:
-                    continue  # still unanswered requests may have been cleaned up by the agent: left as they are
-                if record.get("state") in ("presentation-received", "done", "abandoned"):
-                    await self._on_proof_event(PROOF_TOPIC, record)
-                    finished.append(check.check_id)
         return finished
 
     # -- checks nobody finishes --------------------------------------------------------------------
@@ -149,7 +148,7 @@ class PharmacyService:
                   CheckState.VERIFIED: ("updated_at", self.limits.undispensed_after_s, "verified but not dispensed")}
         expired = []
         for state, (since, after_s, what) in limits.items():
-            for check in list(self.checks.find_all("state", state.value)):
+            for check in list(self.checks.find_all("state", state)):
                 if now - getattr(check, since) < after_s:
                     continue
                 async with self._lock(check.check_id):
@@ -248,6 +247,15 @@ class PharmacyService:
         check.state = CheckState.VERIFIED
         check.remaining_redemptions = (await self.ctx.chain.status(prescription.token.address)).remaining
         self._save(check, EventType.PRESENTED)
+
+    def trust(self, prescriber: TrustedPrescriber) -> TrustedPrescriber:
+        return self.trusted.put(prescriber.cred_def_id, prescriber)
+
+    def distrust(self, cred_def_id: str) -> None:
+        """404 for a prescriber not on the list."""
+        if self.trusted.get(cred_def_id) is None:
+            raise not_found(f"trusted prescriber {cred_def_id}")
+        self.trusted.delete(cred_def_id)
 
     def _is_trusted(self, cred_def_id: str | None) -> bool:
         return cred_def_id is not None and self.trusted.get(cred_def_id) is not None
@@ -446,14 +454,12 @@ class PharmacyService:
         @api.operation("POST", "/api/trusted-prescribers", summary="Trust a prescriber's credential definition",
                        tag=trust, body=TrustedPrescriber, response=TrustedPrescriber, status=201)
         async def add_trusted_prescriber(_: web.Request, body: TrustedPrescriber) -> TrustedPrescriber:
-            return self.trusted.put(body.cred_def_id, body)
+            return self.trust(body)
 
         @api.operation("DELETE", "/api/trusted-prescribers/{cred_def_id}", summary="Stop trusting a prescriber",
                        tag=trust, errors=(404,))
         async def remove_trusted_prescriber(_: web.Request, cred_def_id: str) -> None:
-            if self.trusted.get(cred_def_id) is None:
-                raise not_found(f"trusted prescriber {cred_def_id}")
-            self.trusted.delete(cred_def_id)
+            self.distrust(cred_def_id)
 
         return api
 

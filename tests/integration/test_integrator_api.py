@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 from fhir.resources.R4B.medicationdispense import MedicationDispense
 from fhir.resources.R4B.medicationrequest import MedicationRequest
+from pydantic import SecretStr
 
 from erx_core.network import Network
 from erx_roles.client import ControllerApiError, ControllerClient
@@ -40,12 +41,7 @@ class Integrator:
     def __init__(self, network: Network, organisation: str, created: dict):
         self.id, self.token = created["integrator_id"], created["token"]
         self.url = network.controller_url(organisation)
-        self.client = ControllerClient(self.url, _secret(self.token))
-
-
-def _secret(value: str):
-    from pydantic import SecretStr
-    return SecretStr(value)
+        self.client = ControllerClient(self.url, SecretStr(self.token))
 
 
 @pytest.fixture(scope="module")

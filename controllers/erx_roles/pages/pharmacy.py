@@ -125,14 +125,12 @@ class PharmacyPages:
             if "cred_def_id" in errors and form.get("cred_def_id"):
                 errors["cred_def_id"] = "not a credential definition id (DID:3:CL:schema seq no:tag)"
             return await self.home(request, form, errors, status=422)
-        self.service.trusted.put(trusted.cred_def_id, trusted)
+        self.service.trust(trusted)
         await flash(request, f"Trusted: {trusted.label or trusted.cred_def_id}")
         raise see_other("/#trusted")
 
     async def remove_trusted(self, request: web.Request) -> web.Response:
         cred_def_id = str((await request.post()).get("cred_def_id", ""))
-        if self.service.trusted.get(cred_def_id) is None:
-            raise not_found("trusted prescriber")
-        self.service.trusted.delete(cred_def_id)
+        self.service.distrust(cred_def_id)
         await flash(request, f"No longer trusted: {cred_def_id}")
         raise see_other("/#trusted")
