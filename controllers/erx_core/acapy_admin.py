@@ -1,7 +1,11 @@
-"""A typed port to one ACA-Py agent's admin API.
+"""The typed port to one ACA-Py agent's admin API: the only code that speaks to an agent.
 
-Small on purpose: each method is one admin call with its pydantic result. Errors come back as
-`AdminApiError` carrying the HTTP status and ACA-Py's reason text, never as a bare aiohttp error.
+Each method is one admin call with pydantic records in and out. Every id that becomes part of a path
+is checked against its format (`erx_core.ids`) and percent-encoded, so no request value can reach
+another admin route (`../shutdown`). Errors come back as `AdminApiError` (the agent answered with an
+error) or `AgentUnreachable` (it did not answer), never as a bare aiohttp error.
+
+Services and pages call these methods only; nothing else builds an admin path.
 """
 
 from __future__ import annotations
@@ -9,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from enum import StrEnum
 from typing import Any
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, SecretStr
+
+from erx_core.ids import InvalidId, checked, segment
 
 
 class AdminApiError(RuntimeError):
@@ -23,21 +30,146 @@ class AdminApiError(RuntimeError):
 
 
 class AgentUnreachable(AdminApiError):
-    pass
+    """The agent did not answer (down, restarting, timed out): a transient fault, never a verdict."""
 
 
-class PublicDid(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class Topic(StrEnum):
+    """Webhook topics the controllers listen to."""
+
+    CONNECTIONS = "connections"
+    ISSUE_CREDENTIAL = "issue_credential_v2_0"
+    PRESENT_PROOF = "present_proof_v2_0"
+    REVOCATION_NOTIFICATION = "revocation-notification"
+
+
+class CredExState(StrEnum):
+    """issue-credential/2.0 exchange states (ACA-Py's names)."""
+
+    OFFER_SENT = "offer-sent"
+    OFFER_RECEIVED = "offer-received"
+    REQUEST_SENT = "request-sent"
+    REQUEST_RECEIVED = "request-received"
+    CREDENTIAL_ISSUED = "credential-issued"
+    CREDENTIAL_RECEIVED = "credential-received"
+    DONE = "done"
+    CREDENTIAL_REVOKED = "credential-revoked"
+    ABANDONED = "abandoned"
+    DECLINED = "declined"
+    DELETED = "deleted"
+
+
+class PresExState(StrEnum):
+    """present-proof/2.0 exchange states (ACA-Py's names)."""
+
+    REQUEST_SENT = "request-sent"
+    REQUEST_RECEIVED = "request-received"
+    PRESENTATION_SENT = "presentation-sent"
+    PRESENTATION_RECEIVED = "presentation-received"
+    DONE = "done"
+    ABANDONED = "abandoned"
+    DELETED = "deleted"
+
+
+ACTIVE_CONNECTION = ("active", "completed")
+
+
+class _Record(BaseModel):
+    # ACA-Py adds fields between versions: keep what we do not model instead of failing on it
+    model_config = ConfigDict(extra="allow")
+
+
+class PublicDid(_Record):
     did: str
     verkey: str
 
 
-class SchemaResult(BaseModel):
-    schema_id: str
+class ConnectionRecord(_Record):
+    connection_id: str
+    state: str | None = None
+    their_label: str | None = None
+    invitation_msg_id: str | None = None
+    created_at: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_CONNECTION
 
 
-class CredDefResult(BaseModel):
-    credential_definition_id: str
+class Invitation(_Record):
+    invi_msg_id: str
+    invitation_url: str
+    invitation: dict
+    oob_id: str | None = None
+
+
+class CredentialExchange(_Record):
+    cred_ex_id: str
+    state: CredExState | str | None = None
+    connection_id: str | None = None
+    thread_id: str | None = None
+    error_msg: str | None = None
+    created_at: str | None = None
+    cred_offer: dict | None = None
+    cred_preview: dict | None = None
+    # from the exchange's AnonCreds detail record (issuer side, once issued)
+    rev_reg_id: str | None = None
+    cred_rev_id: str | None = None
+
+    @property
+    def preview(self) -> dict[str, str]:
+        """The offered attributes, by name."""
+        preview = (self.cred_offer or {}).get("credential_preview") or self.cred_preview or {}
+        return {a["name"]: a["value"] for a in preview.get("attributes", []) if "name" in a}
+
+    @property
+    def comment(self) -> str:
+        return (self.cred_offer or {}).get("comment") or ""
+
+
+class PresentationExchange(_Record):
+    pres_ex_id: str
+    state: PresExState | str | None = None
+    connection_id: str | None = None
+    thread_id: str | None = None
+    verified: str | None = None
+    verified_msgs: list[str] | None = None
+    error_msg: str | None = None
+    created_at: str | None = None
+    by_format: dict | None = None
+    pres_request: dict | None = None
+
+    @property
+    def request(self) -> dict[str, Any]:
+        """The AnonCreds proof request."""
+        return ((self.by_format or {}).get("pres_request") or {}).get("anoncreds") or {}
+
+    @property
+    def presentation(self) -> dict[str, Any]:
+        """The AnonCreds presentation, as the holder composed it (verifier side, once received)."""
+        return ((self.by_format or {}).get("pres") or {}).get("anoncreds") or {}
+
+    @property
+    def invitation_id(self) -> str:
+        """For a connectionless request: the out-of-band invitation it came with."""
+        return ((self.pres_request or {}).get("~thread") or {}).get("pthid") or ""
+
+
+class HeldCredential(_Record):
+    """A credential in a holder's wallet (`GET /credentials`)."""
+
+    referent: str
+    cred_def_id: str
+    schema_id: str | None = None
+    attrs: dict[str, str]
+    rev_reg_id: str | None = None
+    cred_rev_id: str | None = None
+
+
+class CredentialMatch(_Record):
+    """A held credential and the proof-request referents it can answer."""
+
+    cred_info: HeldCredential
+    presentation_referents: list[str] = []
 
 
 class AcaPyAdmin:
@@ -63,7 +195,8 @@ class AcaPyAdmin:
             self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
         return self._session
 
-    async def request(self, method: str, path: str, *, json: Any = None, params: dict | None = None) -> Any:
+    async def _request(self, method: str, path: str, *, json: Any = None, params: dict | None = None) -> Any:
+        """`path` is built by this class only, from constants and `segment()`-encoded ids."""
         try:
             async with self._http().request(method, self.base_url + path, json=json, params=params) as resp:
                 if resp.status >= 400:
@@ -74,16 +207,33 @@ class AcaPyAdmin:
         except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
             raise AgentUnreachable(method, path, 0, f"agent admin API at {self.base_url} unreachable: {exc}") from exc
 
-    async def get(self, path: str, **params: Any) -> Any:
-        return await self.request("GET", path, params=params or None)
+    async def _get(self, path: str, **params: Any) -> Any:
+        return await self._request("GET", path, params={k: v for k, v in params.items() if v is not None} or None)
 
-    async def post(self, path: str, body: Any = None, **params: Any) -> Any:
-        return await self.request("POST", path, json=body if body is not None else {}, params=params or None)
+    async def _post(self, path: str, body: Any = None, **params: Any) -> Any:
+        return await self._request("POST", path, json=body if body is not None else {}, params=params or None)
+
+    @staticmethod
+    def _path(template: str, **ids: tuple[str, object]) -> str:
+        """`template` with each `{name}` replaced by a checked, percent-encoded id of its kind. An id of
+        the wrong format is answered like an unknown one (404), without a request to the agent."""
+        try:
+            return template.format(**{name: segment(kind, value) for name, (kind, value) in ids.items()})
+        except InvalidId as exc:
+            raise AdminApiError("-", template, 404, str(exc)) from None
+
+    @staticmethod
+    def _id(kind: str, value: object) -> str:
+        """An id for a request body or query, checked like a path segment."""
+        try:
+            return checked(kind, value)
+        except InvalidId as exc:
+            raise AdminApiError("-", kind, 404, str(exc)) from None
 
     # -- health ---------------------------------------------------------------------------
     async def is_ready(self) -> bool:
         try:
-            return bool((await self.get("/status/ready")).get("ready"))
+            return bool((await self._get("/status/ready")).get("ready"))
         except AdminApiError:
             return False
 
@@ -95,14 +245,14 @@ class AcaPyAdmin:
             await asyncio.sleep(0.25)
 
     async def public_did(self) -> PublicDid | None:
-        result = (await self.get("/wallet/did/public")).get("result")
+        result = (await self._get("/wallet/did/public")).get("result")
         return PublicDid.model_validate(result) if result else None
 
     # -- AnonCreds objects on the ledger ---------------------------------------------------
     async def create_schema(self, issuer_did: str, name: str, version: str, attributes: list[str]) -> str:
         body = {"schema": {"attrNames": attributes, "issuerId": issuer_did, "name": name, "version": version},
                 "options": {}}
-        result = await self.post("/anoncreds/schema", body)
+        result = await self._post("/anoncreds/schema", body)
         return result["schema_state"]["schema_id"]
 
     async def create_credential_definition(self, issuer_did: str, schema_id: str, tag: str,
@@ -112,12 +262,17 @@ class AcaPyAdmin:
             options["revocation_registry_size"] = revocation_registry_size
         body = {"credential_definition": {"issuerId": issuer_did, "schemaId": schema_id, "tag": tag},
                 "options": options}
-        result = await self.post("/anoncreds/credential-definition", body)
+        result = await self._post("/anoncreds/credential-definition", body)
         return result["credential_definition_state"]["credential_definition_id"]
+
+    async def credential_definition_ids(self, schema_id: str, issuer_id: str | None) -> list[str]:
+        found = await self._get("/anoncreds/credential-definitions", schema_id=schema_id, issuer_id=issuer_id)
+        return list(found.get("credential_definition_ids") or [])
 
     async def active_revocation_registry(self, cred_def_id: str) -> dict | None:
         try:
-            return (await self.get(f"/anoncreds/revocation/active-registry/{cred_def_id}"))["result"]
+            path = self._path("/anoncreds/revocation/active-registry/{id}", id=("cred_def", cred_def_id))
+            return (await self._get(path))["result"]
         except AdminApiError as exc:
             if exc.status in (400, 404):
                 return None
@@ -131,22 +286,28 @@ class AcaPyAdmin:
             body |= {"handshake_protocols": ["https://didcomm.org/didexchange/1.1"], "use_did_method": "did:peer:4"}
         if attachments:
             body["attachments"] = attachments
-        record = await self.post("/out-of-band/create-invitation", body, auto_accept="true",
-                                 multi_use="true" if multi_use else "false")
+        record = await self._post("/out-of-band/create-invitation", body, auto_accept="true",
+                                  multi_use="true" if multi_use else "false")
         return Invitation.model_validate(record)
 
     async def receive_invitation(self, invitation: dict, *, alias: str | None = None) -> dict:
         params = {"auto_accept": "true"} | ({"alias": alias} if alias else {})
-        return await self.post("/out-of-band/receive-invitation", invitation, **params)
+        return await self._post("/out-of-band/receive-invitation", invitation, **params)
 
-    async def connection(self, connection_id: str) -> dict:
-        return await self.get(f"/connections/{connection_id}")
+    async def connection(self, connection_id: str) -> ConnectionRecord:
+        path = self._path("/connections/{id}", id=("record", connection_id))
+        return ConnectionRecord.model_validate(await self._get(path))
+
+    async def connections(self, *, state: str | None = None,
+                          invitation_msg_id: str | None = None) -> list[ConnectionRecord]:
+        found = await self._get("/connections", state=state, invitation_msg_id=invitation_msg_id)
+        return [ConnectionRecord.model_validate(c) for c in found.get("results", [])]
 
     # -- issue-credential 2.0 (AnonCreds) -------------------------------------------------
     async def send_offer(self, connection_id: str, cred_def_id: str, attributes: dict[str, str],
-                         comment: str | None = None) -> dict:
+                         comment: str | None = None) -> CredentialExchange:
         body = {
-            "connection_id": connection_id,
+            "connection_id": self._id("record", connection_id),
             "comment": comment,
             "auto_remove": False,
             # issue as soon as the holder's request arrives: the offer already was the doctor's decision
@@ -157,81 +318,117 @@ class AcaPyAdmin:
             },
             "filter": {"anoncreds": {"cred_def_id": cred_def_id}},
         }
-        return await self.post("/issue-credential-2.0/send-offer", body)
+        return CredentialExchange.model_validate(await self._post("/issue-credential-2.0/send-offer", body))
 
-    async def credential_exchange(self, cred_ex_id: str) -> dict:
-        return await self.get(f"/issue-credential-2.0/records/{cred_ex_id}")
+    async def credential_exchange(self, cred_ex_id: str) -> CredentialExchange:
+        """One exchange with its AnonCreds details (revocation ids on the issuer's side)."""
+        details = await self._get(self._path("/issue-credential-2.0/records/{id}", id=("record", cred_ex_id)))
+        anoncreds = details.get("anoncreds") or {}
+        return CredentialExchange.model_validate({**(details.get("cred_ex_record") or {}),
+                                                  "rev_reg_id": anoncreds.get("rev_reg_id"),
+                                                  "cred_rev_id": anoncreds.get("cred_rev_id")})
 
-    async def send_credential_request(self, cred_ex_id: str) -> dict:
-        return await self.post(f"/issue-credential-2.0/records/{cred_ex_id}/send-request", {})
+    async def credential_exchanges(self, state: CredExState | None = None) -> list[CredentialExchange]:
+        found = await self._get("/issue-credential-2.0/records", state=state.value if state else None)
+        return [CredentialExchange.model_validate(item.get("cred_ex_record") or {})
+                for item in found.get("results", [])]
 
-    async def credentials(self, wql: dict | None = None, page: int = 100) -> list[dict]:
+    async def send_credential_request(self, cred_ex_id: str) -> None:
+        await self._post(self._path("/issue-credential-2.0/records/{id}/send-request", id=("record", cred_ex_id)))
+
+    async def store_credential(self, cred_ex_id: str) -> None:
+        await self._post(self._path("/issue-credential-2.0/records/{id}/store", id=("record", cred_ex_id)))
+
+    async def decline_offer(self, cred_ex_id: str, description: str) -> None:
+        await self._post(self._path("/issue-credential-2.0/records/{id}/problem-report", id=("record", cred_ex_id)),
+                         {"description": description})
+
+    async def delete_credential_exchange(self, cred_ex_id: str) -> None:
+        await self._request("DELETE", self._path("/issue-credential-2.0/records/{id}", id=("record", cred_ex_id)))
+
+    async def credentials(self, wql: dict | None = None, page: int = 100) -> list[HeldCredential]:
         """Every credential in the holder's wallet (matching `wql`), page by page."""
-        found: list[dict] = []
+        found: list[HeldCredential] = []
         while True:
-            params: dict[str, Any] = {"limit": page, "offset": len(found)}
-            if wql:
-                params["wql"] = json.dumps(wql)
-            batch = (await self.get("/credentials", **params))["results"]
-            found += batch
+            batch = (await self._get("/credentials", limit=page, offset=len(found),
+                                     wql=json.dumps(wql) if wql else None))["results"]
+            found += [HeldCredential.model_validate(c) for c in batch]
             if len(batch) < page:
                 return found
 
-    # -- present-proof 2.0 (AnonCreds) ----------------------------------------------------
-    async def send_proof_request(self, connection_id: str, proof_request: dict) -> dict:
-        body = {"connection_id": connection_id, "presentation_request": {"anoncreds": proof_request},
-                "auto_verify": False, "auto_remove": False}
-        return await self.post("/present-proof-2.0/send-request", body)
+    async def credential(self, credential_id: str) -> HeldCredential:
+        return HeldCredential.model_validate(
+            await self._get(self._path("/credential/{id}", id=("record", credential_id))))
 
-    async def create_proof_request(self, proof_request: dict) -> dict:
+    # -- present-proof 2.0 (AnonCreds) ----------------------------------------------------
+    async def send_proof_request(self, connection_id: str, proof_request: dict) -> PresentationExchange:
+        body = {"connection_id": self._id("record", connection_id),
+                "presentation_request": {"anoncreds": proof_request}, "auto_verify": False, "auto_remove": False}
+        return PresentationExchange.model_validate(await self._post("/present-proof-2.0/send-request", body))
+
+    async def create_proof_request(self, proof_request: dict) -> PresentationExchange:
         """A request not bound to a connection, to attach to an out-of-band invitation (QR code)."""
         body = {"presentation_request": {"anoncreds": proof_request}, "auto_verify": False, "auto_remove": False}
-        return await self.post("/present-proof-2.0/create-request", body)
+        return PresentationExchange.model_validate(await self._post("/present-proof-2.0/create-request", body))
 
-    async def presentation_exchange(self, pres_ex_id: str) -> dict:
-        return await self.get(f"/present-proof-2.0/records/{pres_ex_id}")
+    async def presentation_exchange(self, pres_ex_id: str) -> PresentationExchange:
+        path = self._path("/present-proof-2.0/records/{id}", id=("record", pres_ex_id))
+        return PresentationExchange.model_validate(await self._get(path))
 
-    async def verify_presentation(self, pres_ex_id: str) -> dict:
-        return await self.post(f"/present-proof-2.0/records/{pres_ex_id}/verify-presentation", {})
+    async def presentation_exchanges(self, state: PresExState | None = None) -> list[PresentationExchange]:
+        found = await self._get("/present-proof-2.0/records", state=state.value if state else None)
+        return [PresentationExchange.model_validate(r) for r in found.get("results", [])]
 
-    async def credentials_for_request(self, pres_ex_id: str, page: int = 100) -> list[dict]:
+    async def verify_presentation(self, pres_ex_id: str) -> PresentationExchange:
+        path = self._path("/present-proof-2.0/records/{id}/verify-presentation", id=("record", pres_ex_id))
+        return PresentationExchange.model_validate(await self._post(path))
+
+    async def delete_presentation_exchange(self, pres_ex_id: str) -> None:
+        await self._request("DELETE", self._path("/present-proof-2.0/records/{id}", id=("record", pres_ex_id)))
+
+    async def credentials_for_request(self, pres_ex_id: str, page: int = 100) -> list[CredentialMatch]:
         """Every held credential that answers some of the request's referents. ACA-Py returns 10 unless
         asked for more, so a wallet holding many prescriptions would miss the one the user chose."""
-        merged: dict[str, dict] = {}
+        path = self._path("/present-proof-2.0/records/{id}/credentials", id=("record", pres_ex_id))
+        merged: dict[str, CredentialMatch] = {}
         start = 0
         while True:
-            batch = await self.get(f"/present-proof-2.0/records/{pres_ex_id}/credentials", start=start, count=page)
-            for found in batch:  # each referent is queried on its own: merge what a credential answers
-                seen = merged.setdefault(found["cred_info"]["referent"], found)
+            batch = await self._get(path, start=start, count=page)
+            for found in map(CredentialMatch.model_validate, batch):
+                # each referent is queried on its own: merge what a credential answers
+                seen = merged.setdefault(found.cred_info.referent, found)
                 if seen is not found:
-                    seen["presentation_referents"] = sorted(set(seen.get("presentation_referents", []))
-                                                            | set(found.get("presentation_referents", [])))
+                    seen.presentation_referents = sorted(set(seen.presentation_referents)
+                                                         | set(found.presentation_referents))
             if len(batch) < page:
                 return list(merged.values())
             start += page
 
-    async def send_presentation(self, pres_ex_id: str, anoncreds: dict) -> dict:
-        return await self.post(f"/present-proof-2.0/records/{pres_ex_id}/send-presentation",
-                               {"anoncreds": anoncreds, "auto_remove": False})
+    async def send_presentation(self, pres_ex_id: str, anoncreds: dict) -> PresentationExchange:
+        path = self._path("/present-proof-2.0/records/{id}/send-presentation", id=("record", pres_ex_id))
+        return PresentationExchange.model_validate(await self._post(path, {"anoncreds": anoncreds,
+                                                                           "auto_remove": False}))
 
     async def problem_report(self, pres_ex_id: str, description: str) -> None:
-        await self.post(f"/present-proof-2.0/records/{pres_ex_id}/problem-report", {"description": description})
+        path = self._path("/present-proof-2.0/records/{id}/problem-report", id=("record", pres_ex_id))
+        await self._post(path, {"description": description})
 
     # -- revocation -----------------------------------------------------------------------
+    async def credential_revocation_record(self, cred_ex_id: str) -> dict:
+        return (await self._get("/anoncreds/revocation/credential-record",
+                                cred_ex_id=self._id("record", cred_ex_id)))["result"]
+
     async def revoke(self, rev_reg_id: str, cred_rev_id: str, *, connection_id: str | None = None,
                      thread_id: str | None = None, comment: str | None = None) -> dict:
-        body: dict[str, Any] = {"rev_reg_id": rev_reg_id, "cred_rev_id": cred_rev_id, "publish": True}
-        if connection_id and thread_id:  # tell the holder's wallet (revocation notification 2.0)
-            body |= {"notify": True, "notify_version": "v1_0", "connection_id": connection_id,
-                     "thread_id": thread_id, "comment": comment or "revoked by the prescriber"}
+        """Revoke and publish. With a connection, the holder's wallet is told with a revocation
+        notification 2.0 (`credential_id` `<rev_reg_id>::<cred_rev_id>`), the form Credo-based wallets
+        such as BC Wallet process; ACA-Py needs some thread id for its record, not sent in 2.0."""
+        body: dict[str, Any] = {"rev_reg_id": self._id("rev_reg", rev_reg_id),
+                                "cred_rev_id": self._id("cred_rev", cred_rev_id), "publish": True}
+        if connection_id:
+            body |= {"notify": True, "notify_version": "v2_0", "connection_id": self._id("record", connection_id),
+                     "thread_id": thread_id or f"indy::{rev_reg_id}::{cred_rev_id}",
+                     "comment": comment or "revoked by the prescriber"}
         else:
             body["notify"] = False
-        return await self.post("/anoncreds/revocation/revoke", body)
-
-
-class Invitation(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    invi_msg_id: str
-    invitation_url: str
-    invitation: dict
-    oob_id: str | None = None
+        return await self._post("/anoncreds/revocation/revoke", body)

@@ -5,7 +5,7 @@ ACA-Py POSTs every state change to `<controller>/webhooks/topic/<topic>/` with t
 without polling: register the expectation *before* triggering the action, then await it.
 
     waiter = bus.expect("issue_credential_v2_0", lambda p: p["cred_ex_id"] == ex_id and p["state"] == "done")
-    await admin.post(...)
+    await admin.send_offer(...)
     event = await waiter.wait(30)
 """
 

@@ -73,6 +73,7 @@ class AgentStatus(ComponentStatus):
 
 class ControllerStatus(ComponentStatus):
     url: str
+    needs_attention: dict[str, str] = {}  # record id -> why start-up recovery set it aside
 
 
 class NetworkStatus(BaseModel):
@@ -481,10 +482,20 @@ class Network:
     async def _controller_status(self, agent: AgentSettings) -> ControllerStatus:
         url = self.controller_url(agent.name)
         try:
-            ok = await self._http_ok(f"{url}/health")
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+                async with http.get(f"{url}/health") as resp:
+                    ok = resp.status == 200
+                    health = await resp.json() if ok else {}
         except Exception as exc:
             return ControllerStatus(healthy=False, url=url, detail=f"not answering: {exc or type(exc).__name__}")
-        return ControllerStatus(healthy=ok, url=url, detail=f"{agent.role} controller serving" if ok else "unhealthy")
+        if not ok:
+            return ControllerStatus(healthy=False, url=url, detail="unhealthy")
+        attention = health.get("needs_attention") or {}
+        detail = f"{agent.role} controller serving"
+        if attention:  # serving, but records the operator must look at (see the controller's log)
+            detail += f"; {len(attention)} record(s) need attention: " + "; ".join(
+                f"{record_id}: {why}" for record_id, why in list(attention.items())[:5])
+        return ControllerStatus(healthy=True, url=url, detail=detail, needs_attention=attention)
 
 
 def _tail(path: Path, lines: int = 15) -> str:

@@ -22,6 +22,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from erx_core import ids
 from erx_roles.http import CALLER, ApiError, field_problems, parse_body
 
 Handler = Callable[..., Awaitable[Any]]
@@ -123,7 +124,7 @@ class Api:
             caller = request.get(CALLER)
             if op.operator_only and (caller is None or not caller.is_operator):
                 raise ApiError(403, "only the organisation's operator token may do this")
-            kwargs: dict[str, Any] = {name: request.match_info[name] for name in op.path_params}
+            kwargs: dict[str, Any] = {name: path_parameter(name, request.match_info[name]) for name in op.path_params}
             if op.query is not None:
                 kwargs["query"] = parse_query(request, op.query)
             if op.body is not None:
@@ -148,7 +149,7 @@ class Api:
 
         paths: dict[str, dict[str, Any]] = {}
         for op in self.operations:
-            parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            parameters = [{"name": name, "in": "path", "required": True, "schema": _path_schema(name)}
                           for name in op.path_params]
             if op.query is not None:
                 parameters += _query_parameters(op.query)
@@ -187,6 +188,24 @@ class Api:
         if server_url:
             document["servers"] = [{"url": server_url}]
         return document
+
+
+# Every path parameter is an id of a known kind (erx_core.ids): checked before any handler runs, so
+# no request value reaches a store, a URL or the agent unchecked.
+PATH_ID_KINDS = {"check_id": "record", "prescription_id": "record", "invitation_id": "record",
+                 "integrator_id": "record", "subscription_id": "record", "cred_def_id": "cred_def"}
+
+
+def path_parameter(name: str, value: str) -> str:
+    kind = PATH_ID_KINDS.get(name, "token")
+    if not ids.is_valid(kind, value):
+        raise ApiError(422, "invalid path parameter", fields=[{"field": name, "message": f"not a valid {kind} id"}])
+    return value
+
+
+def _path_schema(name: str) -> dict[str, Any]:
+    kind = PATH_ID_KINDS.get(name, "token")
+    return {"type": "string", "pattern": ids.PATTERNS[kind], "maxLength": ids.MAX_LENGTH[kind]}
 
 
 def parse_query(request: web.Request, model: type[BaseModel]) -> BaseModel:

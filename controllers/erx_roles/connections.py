@@ -6,14 +6,14 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel
 
-from erx_core.acapy_admin import AdminApiError
+from erx_core.acapy_admin import ACTIVE_CONNECTION, AdminApiError, ConnectionRecord
 from erx_core.events import EventTimeout
 from erx_core.store import Table
 from erx_roles.context import RoleContext
 from erx_roles.api import Api, WaitQuery
 from erx_roles.http import ApiError
 
-ACTIVE = ("active", "completed")
+ACTIVE = ACTIVE_CONNECTION
 
 
 class InvitationOut(BaseModel):
@@ -42,14 +42,13 @@ async def connection_for(ctx: RoleContext, invitation_id: str, wait_s: float) ->
     """The connection made from an invitation, once active; waits up to `wait_s` for it."""
     waiter = ctx.bus.expect("connections", lambda p: p.get("invitation_msg_id") == invitation_id
                             and p.get("state") in ACTIVE, include_recent=True)
-    found = await ctx.admin.get("/connections", invitation_msg_id=invitation_id)
-    active = [c for c in found.get("results", []) if c.get("state") in ACTIVE]
+    active = [c for c in await ctx.admin.connections(invitation_msg_id=invitation_id) if c.active]
     if not active and wait_s:
         try:
-            active = [await waiter.wait(wait_s)]
+            active = [ConnectionRecord.model_validate(await waiter.wait(wait_s))]
         except EventTimeout:
             return None
-    return ConnectionOut(connection_id=active[0]["connection_id"], state=active[0]["state"]) if active else None
+    return ConnectionOut(connection_id=active[0].connection_id, state=active[0].state) if active else None
 
 
 async def require_active_connection(ctx: RoleContext, connection_id: str) -> None:
@@ -60,8 +59,8 @@ async def require_active_connection(ctx: RoleContext, connection_id: str) -> Non
         if exc.status in (404, 400, 422):
             raise ApiError(404, f"no connection {connection_id}") from None
         raise
-    if conn.get("state") not in ACTIVE:
-        raise ApiError(409, f"connection {connection_id} is {conn.get('state')}, not active")
+    if not conn.active:
+        raise ApiError(409, f"connection {connection_id} is {conn.state}, not active")
 
 
 def connection_api(ctx: RoleContext, alias: str) -> Api:

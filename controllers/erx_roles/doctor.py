@@ -19,12 +19,14 @@ from enum import StrEnum
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from erx_contracts.client import new_prescription_key
 from erx_contracts.errors import ChainError
-from erx_core.acapy_admin import AdminApiError
+from erx_core.acapy_admin import AdminApiError, AgentUnreachable
 from erx_core.events import EventTimeout, Payload
+from erx_core.ids import RecordId
+from erx_core.recovery import SetAside
 from erx_core.webhooks import EventType
 from erx_roles.api import Api, WaitQuery
 from erx_roles.connections import connection_api, require_active_connection
@@ -56,6 +58,7 @@ class IssuedPrescription(BaseModel):
     token_address: str
     token_tx: str | None = None
     cred_ex_id: str | None = None
+    thread_id: str | None = None  # the issue exchange's DIDComm thread
     rev_reg_id: str | None = None
     cred_rev_id: str | None = None
     revoke_tx: str | None = None
@@ -72,7 +75,9 @@ class PrescriptionView(IssuedPrescription):
 
 
 class IssueRequest(BaseModel):
-    connection_id: str = Field(min_length=1)
+    model_config = ConfigDict(extra="forbid")
+
+    connection_id: RecordId = Field(description="the patient's connection (from an invitation)")
     order: PrescriptionOrder
 
 
@@ -83,6 +88,7 @@ class DoctorService:
         self.meta = ctx.store.table("meta", _Meta)
         self.cred_def_id: str | None = None
         self.issuer_did: str | None = None
+        self.needs_attention = SetAside()  # prescriptions start-up recovery could not settle
         ctx.bus.subscribe(ISSUE_TOPIC, self._on_issue_event)
 
     @property
@@ -114,23 +120,25 @@ class DoctorService:
         went nowhere) are settled from the agent's exchange records, with their events."""
         settled = []
         for record in [r for r in self.records.find_all("state", PrescriptionState.OFFERED) if r.cred_ex_id]:
-            try:
-                details = await self.ctx.admin.get(f"/issue-credential-2.0/records/{record.cred_ex_id}")
-            except AdminApiError as exc:
-                LOG.warning("prescription %s: offer %s not readable (%s)", record.prescription_id,
-                            record.cred_ex_id, exc.reason)
-                continue
-            exchange = details.get("cred_ex_record") or {}
-            await self._on_issue_event(ISSUE_TOPIC, {"cred_ex_id": record.cred_ex_id, "state": exchange.get("state"),
-                                                     "error_msg": exchange.get("error_msg")})
+            await self.needs_attention.attempt(record.prescription_id, self._recover_offer(record), LOG)
             if self._get(record.prescription_id).state != PrescriptionState.OFFERED:
                 settled.append(record.prescription_id)
         return settled
 
+    async def _recover_offer(self, record: IssuedPrescription) -> None:
+        try:
+            exchange = await self.ctx.admin.credential_exchange(record.cred_ex_id)
+        except AgentUnreachable:
+            raise
+        except AdminApiError as exc:
+            LOG.warning("prescription %s: offer %s not readable (%s)", record.prescription_id,
+                        record.cred_ex_id, exc.reason)
+            return
+        await self._on_issue_event(ISSUE_TOPIC, {"cred_ex_id": record.cred_ex_id, "state": exchange.state,
+                                                 "error_msg": exchange.error_msg})
+
     async def _find_cred_def(self, schema_id: str) -> str | None:
-        found = await self.ctx.admin.get("/anoncreds/credential-definitions", schema_id=schema_id,
-                                         issuer_id=self.issuer_did)
-        ids = found.get("credential_definition_ids") or []
+        ids = await self.ctx.admin.credential_definition_ids(schema_id, self.issuer_did)
         return ids[0] if ids else None
 
     # -- issuing -------------------------------------------------------------------------------
@@ -162,7 +170,7 @@ class DoctorService:
             await self.ctx.chain.cancel(key.address)  # an unissued prescription must not stay redeemable
             self._fail(record, f"offer failed: {exc.reason}")
             raise ApiError(502, f"the agent refused the offer: {exc.reason}") from exc
-        record.cred_ex_id = exchange["cred_ex_id"]
+        record.cred_ex_id = exchange.cred_ex_id
         record.state = PrescriptionState.OFFERED
         self._commit(record, EventType.OFFERED)
         # A quick wallet may have answered before the exchange id was on record: replay what came.
@@ -190,9 +198,9 @@ class DoctorService:
             return
         state = payload.get("state")
         if state == "done":  # the wallet acknowledged: it holds the credential
-            details = await self.ctx.admin.get(f"/issue-credential-2.0/records/{record.cred_ex_id}")
-            anon = details.get("anoncreds") or {}
-            record.rev_reg_id, record.cred_rev_id = anon.get("rev_reg_id"), anon.get("cred_rev_id")
+            exchange = await self.ctx.admin.credential_exchange(record.cred_ex_id)
+            record.rev_reg_id, record.cred_rev_id = exchange.rev_reg_id, exchange.cred_rev_id
+            record.thread_id = exchange.thread_id
             record.state, event = PrescriptionState.ISSUED, EventType.ISSUED
         elif state in ("abandoned", "declined", "deleted"):
             record.state, event = PrescriptionState.DECLINED, EventType.DECLINED
@@ -230,10 +238,8 @@ class DoctorService:
             except ChainError as exc:
                 raise ApiError(502, f"the chain did not cancel the token: {exc}") from exc
             self.records.put(prescription_id, record)
-        details = await self.ctx.admin.get(f"/issue-credential-2.0/records/{record.cred_ex_id}")
-        thread_id = details.get("cred_ex_record", {}).get("thread_id")
         await self.ctx.admin.revoke(record.rev_reg_id, record.cred_rev_id, connection_id=record.connection_id,
-                                    thread_id=thread_id)
+                                    thread_id=record.thread_id)
         record.state = PrescriptionState.REVOKED
         return self._commit(record, EventType.REVOKED)
 
@@ -332,7 +338,9 @@ class DoctorStatus(BaseModel):
 
 
 class FhirIssueRequest(BaseModel):
-    connection_id: str = Field(min_length=1, description="the patient's connection (from an invitation)")
+    model_config = ConfigDict(extra="forbid")
+
+    connection_id: RecordId = Field(description="the patient's connection (from an invitation)")
     medication_request: dict[str, Any] = Field(description="a FHIR R4 MedicationRequest resource (JSON)")
 
 

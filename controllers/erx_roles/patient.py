@@ -18,7 +18,7 @@ import time
 from aiohttp import web
 from pydantic import BaseModel, Field, computed_field
 
-from erx_core.acapy_admin import AdminApiError
+from erx_core.acapy_admin import AdminApiError, CredentialExchange, CredExState, PresentationExchange, PresExState
 from erx_core.events import Payload
 from erx_roles.context import RoleContext
 from erx_roles.http import ApiError, json_response, not_found, parse_body
@@ -175,7 +175,7 @@ class PatientService:
         if state == "offer-received" and self.auto_respond:
             await self.ctx.admin.send_credential_request(cred_ex_id)
         elif state == "credential-received":  # only ever after the wallet (or its user) asked for it
-            await self.ctx.admin.post(f"/issue-credential-2.0/records/{cred_ex_id}/store", {})
+            await self.ctx.admin.store_credential(cred_ex_id)
 
     async def _on_proof_event(self, topic: str, payload: Payload) -> None:
         if self.auto_respond and payload.get("state") == "request-received":
@@ -184,29 +184,28 @@ class PatientService:
     async def approve(self, pres_ex_id: str, credential_id: str | None = None) -> dict:
         """Answer a proof request from one credential, revealing exactly the requested attributes."""
         record = await self.ctx.admin.presentation_exchange(pres_ex_id)
-        request = ((record.get("by_format") or {}).get("pres_request") or {}).get("anoncreds") or {}
-        credential_id = (credential_id or self._chosen.pop(self._invitation_id(record), None)
-                         or self._chosen.pop(record.get("connection_id") or "", None))
+        request = record.request
+        credential_id = (credential_id or self._chosen.pop(record.invitation_id, None)
+                         or self._chosen.pop(record.connection_id or "", None))
         candidates = await self.ctx.admin.credentials_for_request(pres_ex_id)
         referents = list(request.get("requested_attributes", {})) + list(request.get("requested_predicates", {}))
-        usable = [c["cred_info"] for c in candidates
-                  if set(referents) <= set(c.get("presentation_referents", []))]
+        usable = [c.cred_info for c in candidates if set(referents) <= set(c.presentation_referents)]
         if credential_id:
-            usable = [c for c in usable if c["referent"] == credential_id]
+            usable = [c for c in usable if c.referent == credential_id]
         if not usable:
             await self.ctx.admin.problem_report(pres_ex_id, "no prescription in this wallet matches the request")
             return {"pres_ex_id": pres_ex_id, "state": "declined"}
-        chosen = usable[-1] if credential_id else max(usable, key=lambda c: c["attrs"].get("issue_date", ""))
-        unmet = [p for p in request.get("requested_predicates", {}).values() if not _satisfies(chosen["attrs"], p)]
+        chosen = usable[-1] if credential_id else max(usable, key=lambda c: c.attrs.get("issue_date", ""))
+        unmet = [p for p in request.get("requested_predicates", {}).values() if not _satisfies(chosen.attrs, p)]
         if unmet:
             # Say why, as a good wallet does: the verifier otherwise only learns "abandoned".
             text = ", ".join(f"{p['name']} {p['p_type']} {p['p_value']}" for p in unmet)
             await self.ctx.admin.problem_report(pres_ex_id, f"predicate not satisfied: {text}")
             return {"pres_ex_id": pres_ex_id, "state": "declined", "reason": f"predicate not satisfied: {text}"}
         presentation = {
-            "requested_attributes": {r: {"cred_id": chosen["referent"], "revealed": True}
+            "requested_attributes": {r: {"cred_id": chosen.referent, "revealed": True}
                                      for r in request.get("requested_attributes", {})},
-            "requested_predicates": {r: {"cred_id": chosen["referent"]}
+            "requested_predicates": {r: {"cred_id": chosen.referent}
                                      for r in request.get("requested_predicates", {})},
             "self_attested_attributes": {},
         }
@@ -217,18 +216,13 @@ class PatientService:
             await self.ctx.admin.problem_report(pres_ex_id, f"the wallet could not create the presentation: "
                                                             f"{exc.reason}")
             return {"pres_ex_id": pres_ex_id, "state": "declined", "reason": exc.reason}
-        return {"pres_ex_id": pres_ex_id, "state": "presentation-sent", "credential_id": chosen["referent"]}
-
-    @staticmethod
-    def _invitation_id(record: dict) -> str:
-        pres_request = record.get("pres_request") or {}
-        return (pres_request.get("~thread") or {}).get("pthid", "")
+        return {"pres_ex_id": pres_ex_id, "state": "presentation-sent", "credential_id": chosen.referent}
 
     # -- the user decides (auto_respond off) ------------------------------------------------------
     async def _label(self, connection_id: str | None, invitation_id: str = "") -> str:
         if connection_id:
             try:
-                return (await self.ctx.admin.connection(connection_id)).get("their_label") or "unnamed connection"
+                return (await self.ctx.admin.connection(connection_id)).their_label or "unnamed connection"
             except AdminApiError:
                 return "unknown connection"
         opened = self.opened.get(invitation_id) if invitation_id else None
@@ -236,20 +230,17 @@ class PatientService:
 
     async def offers(self) -> list[OfferView]:
         """Credential offers waiting for the user, newest first."""
-        found = await self.ctx.admin.get("/issue-credential-2.0/records", state="offer-received")
         views = []
-        for item in found.get("results", []):
-            record = item.get("cred_ex_record") or {}
-            offer = record.get("cred_offer") or {}
-            preview = (offer.get("credential_preview") or record.get("cred_preview") or {}).get("attributes", [])
+        for record in await self.ctx.admin.credential_exchanges(CredExState.OFFER_RECEIVED):
+            preview = record.preview
             views.append(OfferView(
-                cred_ex_id=record["cred_ex_id"], issuer=await self._label(record.get("connection_id")),
-                comment=offer.get("comment") or "", created_at=record.get("created_at"),
-                attributes=disclosed({a["name"]: a["value"] for a in preview}, [a["name"] for a in preview])))
+                cred_ex_id=record.cred_ex_id, issuer=await self._label(record.connection_id),
+                comment=record.comment, created_at=record.created_at,
+                attributes=disclosed(preview, list(preview))))
         return sorted(views, key=lambda v: v.created_at or "", reverse=True)
 
     @staticmethod
-    async def _waiting(fetch, what: str, noun: str, state: str) -> dict:
+    async def _waiting(fetch, what: str, noun: str, state: str):
         """An exchange record that still waits for the user's answer: 404 if unknown, 409 if answered."""
         try:
             record = await fetch
@@ -257,14 +248,13 @@ class PatientService:
             if exc.status in (400, 404):
                 raise not_found(what) from None
             raise
-        if record.get("state") != state:
-            raise ApiError(409, f"the {noun} is {record.get('state')}, no longer waiting for an answer")
+        if record.state != state:
+            raise ApiError(409, f"the {noun} is {record.state}, no longer waiting for an answer")
         return record
 
-    async def _offer(self, cred_ex_id: str) -> dict:
-        async def fetch() -> dict:
-            return (await self.ctx.admin.credential_exchange(cred_ex_id)).get("cred_ex_record") or {}
-        return await self._waiting(fetch(), f"offer {cred_ex_id}", "offer", "offer-received")
+    async def _offer(self, cred_ex_id: str) -> CredentialExchange:
+        return await self._waiting(self.ctx.admin.credential_exchange(cred_ex_id), f"offer {cred_ex_id}", "offer",
+                                   CredExState.OFFER_RECEIVED)
 
     async def accept_offer(self, cred_ex_id: str) -> dict:
         await self._offer(cred_ex_id)
@@ -273,33 +263,32 @@ class PatientService:
 
     async def decline_offer(self, cred_ex_id: str, reason: str = "declined by the wallet's user") -> dict:
         await self._offer(cred_ex_id)
-        await self.ctx.admin.post(f"/issue-credential-2.0/records/{cred_ex_id}/problem-report",
-                                  {"description": reason})
+        await self.ctx.admin.decline_offer(cred_ex_id, reason)
         return {"cred_ex_id": cred_ex_id, "state": "declined"}
 
     async def requests(self) -> list[RequestView]:
         """Proof requests waiting for the user, each with every held credential that could answer it."""
-        found = await self.ctx.admin.get("/present-proof-2.0/records", state="request-received")
-        views = [await self._request_view(r) for r in found.get("results", [])]
+        views = [await self._request_view(r)
+                 for r in await self.ctx.admin.presentation_exchanges(PresExState.REQUEST_RECEIVED)]
         return sorted(views, key=lambda v: v.created_at or "", reverse=True)
 
     async def request_view(self, pres_ex_id: str) -> RequestView:
         record = await self._waiting(self.ctx.admin.presentation_exchange(pres_ex_id),
-                                     f"proof request {pres_ex_id}", "request", "request-received")
+                                     f"proof request {pres_ex_id}", "request", PresExState.REQUEST_RECEIVED)
         return await self._request_view(record)
 
-    async def _request_view(self, record: dict) -> RequestView:
-        request = ((record.get("by_format") or {}).get("pres_request") or {}).get("anoncreds") or {}
+    async def _request_view(self, record: PresentationExchange) -> RequestView:
+        request = record.request
         names = requested_names(request)
         predicates = list(request.get("requested_predicates", {}).values())
         referents = set(request.get("requested_attributes", {})) | set(request.get("requested_predicates", {}))
         candidates = []
-        for c in await self.ctx.admin.credentials_for_request(record["pres_ex_id"]):
-            if not referents <= set(c.get("presentation_referents", [])):
+        for c in await self.ctx.admin.credentials_for_request(record.pres_ex_id):
+            if not referents <= set(c.presentation_referents):
                 continue
-            attrs = c["cred_info"]["attrs"]
+            attrs = c.cred_info.attrs
             candidates.append(Candidate(
-                credential_id=c["cred_info"]["referent"], title=credential_title(attrs),
+                credential_id=c.cred_info.referent, title=credential_title(attrs),
                 issue_date=attrs.get("issue_date", ""),
                 disclosed=disclosed(attrs, names),
                 predicates=[PredicateCheck(statement=predicate_statement(p),
@@ -307,13 +296,13 @@ class PatientService:
                                            satisfied=_satisfies(attrs, p)) for p in predicates]))
         # newest first; a credential the user named when opening the invitation is preselected
         candidates.sort(key=lambda c: c.issue_date, reverse=True)
-        named = self._chosen.get(self._invitation_id(record)) or self._chosen.get(record.get("connection_id") or "")
+        named = self._chosen.get(record.invitation_id) or self._chosen.get(record.connection_id or "")
         chosen = named if any(c.credential_id == named for c in candidates) else \
             next((c.credential_id for c in candidates if c.usable), None)
-        return RequestView(pres_ex_id=record["pres_ex_id"], name=request.get("name", "proof request"),
-                           verifier=await self._label(record.get("connection_id"), self._invitation_id(record)),
+        return RequestView(pres_ex_id=record.pres_ex_id, name=request.get("name", "proof request"),
+                           verifier=await self._label(record.connection_id, record.invitation_id),
                            attribute_names=names, predicates=[predicate_statement(p) for p in predicates],
-                           candidates=candidates, chosen=chosen, created_at=record.get("created_at"))
+                           candidates=candidates, chosen=chosen, created_at=record.created_at)
 
     async def decline(self, pres_ex_id: str, reason: str = "declined by the wallet's user") -> dict:
         await self.request_view(pres_ex_id)  # 404 / 409 unless it is waiting for an answer
@@ -323,8 +312,8 @@ class PatientService:
     async def credentials(self, prescription_id: str | None = None) -> list[HeldCredential]:
         wql = {"attr::prescription_id::value": prescription_id} if prescription_id else None
         # The token's secret key stays in the wallet: nothing that lists credentials needs it.
-        return [HeldCredential(credential_id=c["referent"], cred_def_id=c["cred_def_id"],
-                               attributes={k: v for k, v in c["attrs"].items() if k != "token_secret_key"})
+        return [HeldCredential(credential_id=c.referent, cred_def_id=c.cred_def_id,
+                               attributes={k: v for k, v in c.attrs.items() if k != "token_secret_key"})
                 for c in await self.ctx.admin.credentials(wql)]
 
     def routes(self) -> list[web.RouteDef]:

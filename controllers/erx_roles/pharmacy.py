@@ -25,19 +25,22 @@ from enum import StrEnum
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from erx_contracts.errors import (AlreadySpent, BadSignature, Cancelled, ChainError, Expired, NotYetValid,
                                   StaleSignature, TransactionDropped, UnknownToken)
-from erx_core.acapy_admin import AdminApiError
+from erx_core.acapy_admin import AdminApiError, AgentUnreachable, PresentationExchange, PresExState
 from erx_core.events import Payload
+from erx_core.ids import RecordId
+from erx_core.recovery import SetAside
 from erx_core.webhooks import EventType
 from erx_roles.api import Api, WaitQuery
 from erx_roles.connections import connection_api, require_active_connection
 from erx_roles.context import RoleContext
+from erx_roles.dispensing import ChainFacts, Presented, abandoned, decide, examine, shown
 from erx_roles.http import ApiError, not_found
 from erx_schemas.fhir import medication_dispense
-from erx_schemas.prescription import (Refusal, RefusalReason, RevealedPrescription, dispensing_proof_request)
+from erx_schemas.prescription import Refusal, RefusalReason, RevealedPrescription, dispensing_proof_request
 
 LOG = logging.getLogger("erx.pharmacy")
 PROOF_TOPIC = "present_proof_v2_0"
@@ -88,7 +91,9 @@ class TrustedPrescriber(BaseModel):
 
 
 class RequestBody(BaseModel):
-    connection_id: str | None = Field(default=None, description="omit for a connectionless request (QR code)")
+    model_config = ConfigDict(extra="forbid")
+
+    connection_id: RecordId | None = Field(default=None, description="omit for a connectionless request (QR code)")
 
 
 class PharmacyService:
@@ -99,6 +104,7 @@ class PharmacyService:
         self.trusted = ctx.store.table("trusted", TrustedPrescriber)
         self._locks: dict[str, asyncio.Lock] = {}
         self._did: str | None = None
+        self.needs_attention = SetAside()  # checks start-up recovery could not settle
         ctx.bus.subscribe(PROOF_TOPIC, self._on_proof_event)
 
     def _lock(self, check_id: str) -> asyncio.Lock:
@@ -122,21 +128,31 @@ class PharmacyService:
     # -- start-up: finish what a crash interrupted --------------------------------------------------
     async def recover(self) -> list[str]:
         """Finish dispenses a crash interrupted, and settle checks whose presentation arrived (or was
-        abandoned) while this controller was down. Returns the ids of the checks it finished."""
+        abandoned) while this controller was down. Returns the ids of the checks it finished.
+
+        One record that cannot be settled is set aside (logged, listed in `needs_attention` and on
+        `./erx status`), never allowed to stop the controller."""
         finished = []
         for check in list(self.checks.find_all("state", CheckState.DISPENSING)):
-            async with self._lock(check.check_id):
-                await self._finish_spend(check)
-            finished.append(check.check_id)
+            if await self.needs_attention.attempt(check.check_id, self._recover_spend(check), LOG):
+                finished.append(check.check_id)
         for check in list(self.checks.find_all("state", CheckState.REQUESTED)):
-            try:
-                record = await self.ctx.admin.presentation_exchange(check.pres_ex_id)
-            except AdminApiError:
-                continue  # still unanswered requests may have been cleaned up by the agent: left as they are
-            if record.get("state") in ("presentation-received", "done", "abandoned"):
-                await self._on_proof_event(PROOF_TOPIC, record)
+            if await self.needs_attention.attempt(check.check_id, self._recover_request(check), LOG):
                 finished.append(check.check_id)
         return finished
+
+    async def _recover_spend(self, check: StoredCheck) -> None:
+        async with self._lock(check.check_id):
+            await self._finish_spend(check)
+
+    async def _recover_request(self, check: StoredCheck) -> None:
+        try:
+            record = await self.ctx.admin.presentation_exchange(check.pres_ex_id)
+        except AgentUnreachable:
+            raise
+        except AdminApiError:
+            return  # still unanswered requests may have been cleaned up by the agent: left as they are
+        await self._settle(check.check_id, record)
 
     # -- checks nobody finishes --------------------------------------------------------------------
     async def expire_stale(self, now: float | None = None) -> list[str]:
@@ -177,13 +193,13 @@ class PharmacyService:
         if connection_id:
             await require_active_connection(self.ctx, connection_id)
             exchange = await self.ctx.admin.send_proof_request(connection_id, self.proof_request())
-            check = StoredCheck(check_id=str(uuid.uuid4()), pres_ex_id=exchange["pres_ex_id"],
+            check = StoredCheck(check_id=str(uuid.uuid4()), pres_ex_id=exchange.pres_ex_id,
                                 connection_id=connection_id)
         else:
             exchange = await self.ctx.admin.create_proof_request(self.proof_request())
             invitation = await self.ctx.admin.create_invitation(
-                handshake=False, attachments=[{"id": exchange["pres_ex_id"], "type": "present-proof"}])
-            check = StoredCheck(check_id=str(uuid.uuid4()), pres_ex_id=exchange["pres_ex_id"],
+                handshake=False, attachments=[{"id": exchange.pres_ex_id, "type": "present-proof"}])
+            check = StoredCheck(check_id=str(uuid.uuid4()), pres_ex_id=exchange.pres_ex_id,
                                 invitation_url=invitation.invitation_url)
         return self._save(check)
 
@@ -192,61 +208,57 @@ class PharmacyService:
 
     async def _on_proof_event(self, topic: str, payload: Payload) -> None:
         check = self._by_exchange(payload.get("pres_ex_id", ""))
-        if check is None:
-            return
-        state = payload.get("state")
-        async with self._lock(check.check_id):
-            check = self._get(check.check_id)
+        if check is not None:
+            await self._settle(check.check_id, PresentationExchange.model_validate(payload))
+
+    async def _settle(self, check_id: str, exchange: PresentationExchange) -> None:
+        """The one place an agent's presentation exchange state moves a check: from the webhook and
+        from start-up recovery alike. Only a check still `requested` moves."""
+        async with self._lock(check_id):
+            check = self._get(check_id)
             if check.state != CheckState.REQUESTED:
                 return
-            if state == "presentation-received":
+            if exchange.state == PresExState.PRESENTATION_RECEIVED:
                 await self._verify(check)
-            elif state == "done" and "verified" in payload:  # verified by the agent before a restart
-                await self._verify(check, verified_record=payload)
-            elif state == "abandoned":
-                # The wallet could not or would not present. Our only predicates are the validity
-                # dates, so a wallet that says a predicate is unmet holds a prescription not valid today.
-                text = payload.get("error_msg") or "the wallet abandoned the request"
-                reason = RefusalReason.EXPIRED if "predicate" in text.lower() else RefusalReason.INVALID_PRESENTATION
-                await self._refuse(check, reason, text)
+            elif exchange.state == PresExState.DONE and exchange.verified is not None:
+                await self._verify(check, verified=exchange)  # verified by the agent before a restart
+            elif exchange.state == PresExState.ABANDONED:
+                refusal = abandoned(exchange.error_msg)
+                await self._refuse(check, refusal.reason, refusal.detail)
 
     # -- checking ------------------------------------------------------------------------------------
-    async def _verify(self, check: StoredCheck, verified_record: dict | None = None) -> None:
-        record = verified_record
+    async def _verify(self, check: StoredCheck, verified: PresentationExchange | None = None) -> None:
+        """Verify, then decide (`erx_roles.dispensing`): the facts are fetched here, judged there."""
+        record = verified
         if record is None:
             try:
                 record = await self.ctx.admin.verify_presentation(check.pres_ex_id)
+            except AgentUnreachable:
+                raise
             except AdminApiError as exc:
                 await self._refuse(check, RefusalReason.INVALID_PRESENTATION, exc.reason)
                 return
-        revealed, identifiers = _presented(record)
-        check.cred_def_id = identifiers.get("cred_def_id")
-        try:
-            prescription = RevealedPrescription.from_attributes(revealed)
-        except ValueError as exc:
-            await self._refuse(check, RefusalReason.INVALID_PRESENTATION, f"unreadable prescription: {exc}")
-            return
-        check.prescription = prescription.model_dump(mode="json", exclude={"token"})
-        check.token_address = prescription.token.address
-        if record.get("verified") != "true":
-            # ACA-Py does not say why. The one cause a pharmacy can name is that the prescriber
-            # withdrew it: revocation cancels the token on chain too.
-            status = await self._token_status(prescription)
-            reason = RefusalReason.REVOKED if status is not None and status.cancelled else \
-                RefusalReason.INVALID_PRESENTATION
-            await self._refuse(check, reason, "; ".join(record.get("verified_msgs") or []))
-            return
-        if not self._is_trusted(check.cred_def_id):
-            await self._refuse(check, RefusalReason.UNTRUSTED_ISSUER,
-                               f"{prescription.prescriber.name}, credential definition {check.cred_def_id}")
-            return
-        refusal = await self._token_refusal(prescription)
+        presented = examine(record.request, record.presentation, record.verified,
+                            self.ctx.network.prescription_schema_id)
+        chain = await self._chain_facts(presented.prescription) if isinstance(presented, Presented) else None
+        refusal = decide(presented, self._is_trusted, chain, "; ".join(record.verified_msgs or []))
+        if shown(presented, refusal):
+            check.prescription = presented.prescription.model_dump(mode="json", exclude={"token"})
+            check.cred_def_id = presented.identifiers.cred_def_id
+            check.token_address = presented.prescription.token.address
         if refusal is not None:
             await self._refuse(check, refusal.reason, refusal.detail)
             return
         check.state = CheckState.VERIFIED
-        check.remaining_redemptions = (await self.ctx.chain.status(prescription.token.address)).remaining
+        check.remaining_redemptions = chain.status.remaining
         self._save(check, EventType.PRESENTED)
+
+    async def _chain_facts(self, prescription: RevealedPrescription) -> ChainFacts:
+        if not self._our_chain(prescription):
+            return ChainFacts(on_our_chain=False, status=None, now=None)
+        status, now = await asyncio.gather(self.ctx.chain.status(prescription.token.address),
+                                           self.ctx.chain.chain_time())
+        return ChainFacts(on_our_chain=True, status=status, now=now)
 
     def trust(self, prescriber: TrustedPrescriber) -> TrustedPrescriber:
         return self.trusted.put(prescriber.cred_def_id, prescriber)
@@ -260,31 +272,10 @@ class PharmacyService:
     def _is_trusted(self, cred_def_id: str | None) -> bool:
         return cred_def_id is not None and self.trusted.get(cred_def_id) is not None
 
-    async def _token_status(self, prescription: RevealedPrescription):
-        if not self._our_chain(prescription):
-            return None
-        return await self.ctx.chain.status(prescription.token.address)
-
     def _our_chain(self, prescription: RevealedPrescription) -> bool:
         chain = self.ctx.chain
         return (prescription.token.chain_id == chain.config.chain_id
                 and prescription.token.contract.lower() == chain.contract_address.lower())
-
-    async def _token_refusal(self, prescription: RevealedPrescription) -> Refusal | None:
-        if not self._our_chain(prescription):
-            return Refusal(reason=RefusalReason.UNKNOWN_TOKEN,
-                           detail=f"token on chain {prescription.token.chain_id} at {prescription.token.contract}")
-        status = await self.ctx.chain.status(prescription.token.address)
-        now = await self.ctx.chain.chain_time()
-        if not status.exists:
-            return Refusal(reason=RefusalReason.UNKNOWN_TOKEN)
-        if status.cancelled:
-            return Refusal(reason=RefusalReason.CANCELLED)
-        if status.remaining == 0:
-            return Refusal(reason=RefusalReason.ALREADY_REDEEMED)
-        if not status.not_before <= now <= status.not_after:
-            return Refusal(reason=RefusalReason.EXPIRED)
-        return None
 
     async def _refuse(self, check: StoredCheck, reason: RefusalReason, detail: str = "") -> None:
         check.state, check.refusal = CheckState.REFUSED, Refusal(reason=reason, detail=detail)
@@ -349,10 +340,18 @@ class PharmacyService:
         await self._refuse(check, reason, str(exc))
 
     async def _dispensed(self, check: StoredCheck, tx_hash: str) -> None:
+        """The spend is mined: record it. Nothing here may fail before the record is saved — the
+        remaining count is derived, not read from the chain, and the FHIR form is best effort."""
         check.state, check.spend_tx_hash, check.spend_raw_tx = CheckState.DISPENSED, tx_hash, None
-        check.remaining_redemptions = (await self.ctx.chain.status(check.token_address)).remaining
+        if check.remaining_redemptions is not None:
+            check.remaining_redemptions = max(check.remaining_redemptions - 1, 0)
         check.dispensed_at = time.time()
-        self._save(check, EventType.DISPENSED, medication_dispense=await self._medication_dispense(check))
+        try:
+            fhir: dict[str, Any] | None = await self._medication_dispense(check)
+        except Exception:  # the dispense stands; integrators can fetch the FHIR form again later
+            LOG.exception("check %s: no FHIR MedicationDispense for the dispensed event", check.check_id)
+            fhir = None
+        self._save(check, EventType.DISPENSED, medication_dispense=fhir)
         LOG.info("check %s dispensed, tx %s, %s left", check.check_id, tx_hash, check.remaining_redemptions)
         await self._forget_presentation(check)
 
@@ -368,17 +367,23 @@ class PharmacyService:
             remaining_redemptions=check.remaining_redemptions)
 
     async def _secret_key(self, check: StoredCheck) -> str | None:
+        """The one-time key of the very token that was checked, from the verified sub-proof."""
         try:
             record = await self.ctx.admin.presentation_exchange(check.pres_ex_id)
+        except AgentUnreachable:
+            raise
         except AdminApiError:
             return None
-        revealed, _ = _presented(record)
-        return revealed.get("token_secret_key")
+        presented = examine(record.request, record.presentation, record.verified,
+                            self.ctx.network.prescription_schema_id)
+        if not isinstance(presented, Presented) or presented.prescription.token.address != check.token_address:
+            return None
+        return presented.prescription.token.secret_key.get_secret_value()
 
     async def _forget_presentation(self, check: StoredCheck) -> None:
         """The agent's exchange record holds the token's secret key: drop it once the check is final."""
         try:
-            await self.ctx.admin.request("DELETE", f"/present-proof-2.0/records/{check.pres_ex_id}")
+            await self.ctx.admin.delete_presentation_exchange(check.pres_ex_id)
         except AdminApiError as exc:
             LOG.warning("could not delete presentation %s: %s", check.pres_ex_id, exc.reason)
 
@@ -474,12 +479,3 @@ class PharmacyStatus(BaseModel):
 def public(check: StoredCheck) -> DispenseCheck:
     """A check as the API shows it: without the journaled raw transaction."""
     return DispenseCheck.model_validate(check.model_dump())
-
-
-def _presented(record: dict) -> tuple[dict[str, str], dict[str, Any]]:
-    """Revealed attribute values and the credential's identifiers from a presentation exchange record."""
-    pres = ((record.get("by_format") or {}).get("pres") or {}).get("anoncreds") or {}
-    groups = (pres.get("requested_proof") or {}).get("revealed_attr_groups") or {}
-    values = (groups.get("prescription") or {}).get("values") or {}
-    identifiers = (pres.get("identifiers") or [{}])[0]
-    return {k: v.get("raw") for k, v in values.items()}, identifiers

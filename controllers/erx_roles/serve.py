@@ -48,7 +48,9 @@ async def build_app(network: Network, agent_name: str) -> web.Application:
         service = PatientService(ctx, auto_respond=ctx.agent.auto_respond)
 
     async def health(_: web.Request) -> web.Response:
-        return json_response({"status": "ok", "role": role, "agent": agent_name})
+        # records start-up recovery set aside: the controller runs, the operator has to look at them
+        attention = getattr(service, "needs_attention", {})
+        return json_response({"status": "ok", "role": role, "agent": agent_name, "needs_attention": attention})
 
     operator_token = network.secrets.controller_api_key(agent_name)
     base_url = network.controller_url(agent_name)

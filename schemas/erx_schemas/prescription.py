@@ -225,6 +225,9 @@ class RefusalReason(StrEnum):
     CANCELLED = "cancelled"
     UNKNOWN_TOKEN = "unknown_token"
     INVALID_PRESENTATION = "invalid_presentation"
+    # the wallet answered with a problem report instead of a presentation
+    DECLINED = "declined"  # the patient chose not to share
+    NO_MATCHING_CREDENTIAL = "no_matching_credential"  # nothing held answers the request (none, revoked, not valid)
     TIMED_OUT = "timed_out"  # the check itself ran out of time; the prescription is untouched
 
 
@@ -236,6 +239,9 @@ REFUSAL_TEXT: dict[RefusalReason, str] = {
     RefusalReason.CANCELLED: "the prescription's redemption token was cancelled by its prescriber",
     RefusalReason.UNKNOWN_TOKEN: "the prescription's key does not match any redemption token",
     RefusalReason.INVALID_PRESENTATION: "the presentation could not be verified",
+    RefusalReason.DECLINED: "the patient declined to share the prescription",
+    RefusalReason.NO_MATCHING_CREDENTIAL: "the patient's wallet holds no valid prescription for this request "
+                                          "(none, only revoked ones, or none valid today)",
     RefusalReason.TIMED_OUT: "the check was not completed in time; nothing was redeemed, ask for the prescription "
                              "again",
 }

@@ -4,18 +4,21 @@ from pydantic import SecretStr
 
 from erx_core.acapy_admin import AcaPyAdmin
 
+EXCHANGE = "6f1d4f0e-1a2b-4c3d-8e9f-0a1b2c3d4e5f"
+
 
 async def test_credentials_for_a_request_are_read_page_by_page():
-    held = [{"cred_info": {"referent": f"c{i}"}, "presentation_referents": ["prescription", "valid_until"]}
-            for i in range(23)]
+    held = [{"cred_info": {"referent": f"c{i}", "cred_def_id": "x", "attrs": {}},
+             "presentation_referents": ["prescription", "valid_until"]} for i in range(23)]
     asked = []
 
     async def get(path, **params):
+        assert path == f"/present-proof-2.0/records/{EXCHANGE}/credentials"
         asked.append((params["start"], params["count"]))
         return held[params["start"]:params["start"] + params["count"]]
 
     admin = AcaPyAdmin("http://127.0.0.1:9", SecretStr("k"))
-    admin.get = get
-    found = await admin.credentials_for_request("ex", page=10)
-    assert [c["cred_info"]["referent"] for c in found] == [f"c{i}" for i in range(23)]
+    admin._get = get
+    found = await admin.credentials_for_request(EXCHANGE, page=10)
+    assert [c.cred_info.referent for c in found] == [f"c{i}" for i in range(23)]
     assert asked == [(0, 10), (10, 10), (20, 10)]

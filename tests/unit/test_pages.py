@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
+from erx_core.acapy_admin import ConnectionRecord
 from erx_core.events import EventBus
 from erx_core.secrets import new_fernet_key
 from erx_core.store import Store
@@ -29,13 +30,15 @@ from erx_roles.patient import disclosed, predicate_statement
 PASSWORD = "correct horse battery"
 API_KEY = "api-key-never-in-a-page"
 SESSION_KEY = new_fernet_key()
+CONNECTION = "0b7e6a2c-5a1d-4c4e-9f00-2a6f3f1c9d10"
+GONE = "9d9d9d9d-0000-4000-8000-000000000000"  # a well-formed connection the agent does not know
 INVITATION = {"@type": "https://didcomm.org/out-of-band/1.1/invitation", "@id": "inv-1", "label": "Test Doctor"}
 INVITATION_URL = "http://127.0.0.1:9/?oob=" + base64.urlsafe_b64encode(json.dumps(INVITATION).encode()).decode().rstrip("=")
 
 
 def good_form(**overrides) -> dict[str, str]:
     today = dt.date.today()
-    form = {"connection_id": "conn-1", "patient_name": "Erika Mustermann", "patient_birth_date": "1964-08-12",
+    form = {"connection_id": CONNECTION, "patient_name": "Erika Mustermann", "patient_birth_date": "1964-08-12",
             "medication_name": "Ibuprofen", "medication_code": "M01AE01", "medication_code_system": "ATC",
             "medication_strength": "400 mg", "medication_form": "tablet",
             "dosage_instructions": "1 tablet up to 3 times a day", "quantity": "20", "redemptions": "2",
@@ -72,11 +75,9 @@ def test_wallet_shows_disclosures_with_the_token_key_masked_and_predicates_as_st
 
 
 class FakeAdmin:
-    async def get(self, path: str, **params):
-        if path == "/connections":
-            return {"results": [{"connection_id": "conn-1", "their_label": "Test Patient", "state": "active",
-                                 "created_at": "2026-11-01T10:00:00Z"}]}
-        raise AssertionError(path)
+    async def connections(self, **_):
+        return [ConnectionRecord(connection_id=CONNECTION, their_label="Test Patient", state="active",
+                                 created_at="2026-11-01T10:00:00Z")]
 
     async def create_invitation(self, alias=None, **_):
         return SimpleNamespace(invi_msg_id="inv-1", invitation_url=INVITATION_URL)
@@ -93,7 +94,7 @@ class FakeDoctor:
         self.issued: list = []
 
     async def issue(self, connection_id, order):
-        if connection_id == "gone":
+        if connection_id == GONE:
             raise ApiError(404, f"no connection {connection_id}")
         self.issued.append(order)
         return self.records.put("p1", IssuedPrescription(prescription_id="p1", connection_id=connection_id,
@@ -173,8 +174,8 @@ async def test_bad_form_input_gets_field_level_messages_never_a_500(client: Test
     assert re.search(r'data-error-for="quantity">[^<]*greater than or equal to 1', html)
     assert re.search(r'data-error-for="patient_name">Field required', html)
     assert 'value="400 mg"' in html, "the doctor's other input is kept"
-    r = await client.post("/prescriptions", data=good_form(_csrf=csrf, connection_id="gone"))
-    assert r.status == 404 and re.search(r'data-error-for="connection_id">no connection gone', await r.text())
+    r = await client.post("/prescriptions", data=good_form(_csrf=csrf, connection_id=GONE))
+    assert r.status == 404 and re.search(r'data-error-for="connection_id">no connection ' + GONE, await r.text())
     assert client.service.issued == []
 
 

@@ -16,9 +16,8 @@ class FakeAdmin:
     def __init__(self):
         self.deleted: list[str] = []
 
-    async def request(self, method: str, path: str, *_, **__):
-        assert method == "DELETE"
-        self.deleted.append(path.rsplit("/", 1)[-1])
+    async def delete_presentation_exchange(self, pres_ex_id: str):
+        self.deleted.append(pres_ex_id)
 
 
 def pharmacy(tmp_path) -> tuple[PharmacyService, FakeAdmin, Outbox]:

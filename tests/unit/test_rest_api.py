@@ -95,7 +95,11 @@ async def test_integrator_tokens_work_until_revoked_and_cannot_manage_integrator
         r = await c.delete(f"/api/integrators/{created['integrator_id']}", headers=bearer(OPERATOR))
         assert r.status == 204
         assert (await c.get("/api/things/x", headers=bearer(token))).status == 401
-        assert (await c.delete("/api/integrators/nope", headers=bearer(OPERATOR))).status == 404
+        unknown = "9d9d9d9d-0000-4000-8000-000000000000"
+        assert (await c.delete(f"/api/integrators/{unknown}", headers=bearer(OPERATOR))).status == 404
+        # a malformed id is refused at the boundary, naming the parameter
+        r = await c.delete("/api/integrators/..%2F..%2Fshutdown", headers=bearer(OPERATOR))
+        assert r.status == 422 and (await r.json())["fields"][0]["field"] == "integrator_id"
 
 
 def test_tokens_are_kept_only_as_hashes(tmp_path):

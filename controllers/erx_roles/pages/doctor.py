@@ -93,17 +93,15 @@ class DoctorPages:
         link = self.links.for_ref(invitation_id) if invitation_id else None
         if link is None:
             return None
-        found = await self.ctx.admin.get("/connections", invitation_msg_id=invitation_id)
-        active = [c for c in found.get("results", []) if c.get("state") in ("active", "completed")]
+        active = [c for c in await self.ctx.admin.connections(invitation_msg_id=invitation_id) if c.active]
         return {"invitation_id": invitation_id, "short_url": self.links.url(link), "qr": self.links.qr_path(link),
                 "long_url": link.invitation_url,
-                "connection": {"connection_id": active[0]["connection_id"],
-                               "label": active[0].get("their_label") or "unnamed wallet"} if active else None}
+                "connection": {"connection_id": active[0].connection_id,
+                               "label": active[0].their_label or "unnamed wallet"} if active else None}
 
     async def _patients(self) -> list[dict]:
-        found = await self.ctx.admin.get("/connections", state="active")
-        patients = [{"connection_id": c["connection_id"], "label": c.get("their_label") or "unnamed wallet",
-                     "since": c.get("created_at")} for c in found.get("results", [])]
+        patients = [{"connection_id": c.connection_id, "label": c.their_label or "unnamed wallet",
+                     "since": c.created_at} for c in await self.ctx.admin.connections(state="active")]
         return sorted(patients, key=lambda p: p["since"] or "", reverse=True)
 
     async def _prescriptions(self) -> list:

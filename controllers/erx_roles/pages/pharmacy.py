@@ -56,9 +56,8 @@ class PharmacyPages:
 
     async def _customers(self, request: web.Request) -> dict[str, Any]:
         """Wallets connected to this pharmacy, and the invitation this session showed last."""
-        found = await self.ctx.admin.get("/connections", state="active")
-        customers = sorted(({"connection_id": c["connection_id"], "label": c.get("their_label") or "unnamed wallet",
-                             "since": c.get("created_at")} for c in found.get("results", [])),
+        customers = sorted(({"connection_id": c.connection_id, "label": c.their_label or "unnamed wallet",
+                             "since": c.created_at} for c in await self.ctx.admin.connections(state="active")),
                            key=lambda c: c["since"] or "", reverse=True)
         invitation = None
         invitation_id = (await get_session(request)).get("invitation_id")
