@@ -127,7 +127,7 @@ def cmd_integrator(args) -> int:
         async with ControllerClient(net.controller_url(args.organisation),
                                     net.secrets.controller_api_key(args.organisation)) as client:
             if args.action == "add":
-                created = await client.post("/api/integrators", {"name": args.name})
+                created = await client.post("/api/integrators", {"name": args.name, "scopes": args.scope or []})
                 print(f"integrator {created['integrator_id']} ({created['name']})\n"
                       f"token (shown once): {created['token']}\n"
                       f"API: {net.controller_url(args.organisation)}/api/openapi.json")
@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["add", "list", "remove"])
     p.add_argument("organisation", help="doctor, pharmacy, …")
     p.add_argument("name", nargs="?", default="", help="add: the integrator's name; remove: its id")
+    p.add_argument("--scope", action="append", choices=["trust-list"],
+                   help="add: an extra power for the token (trust-list: change the pharmacy's trusted prescribers)")
     p.set_defaults(func=cmd_integrator)
     p = sub.add_parser("test", help="set up and run the test suite (extra arguments go to pytest)")
     p.set_defaults(func=cmd_test)

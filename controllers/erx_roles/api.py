@@ -69,6 +69,7 @@ class Operation:
     errors: tuple[int, ...] = ()
     public: bool = False  # no API token needed
     operator_only: bool = False  # the organisation's own operator token, not an integrator's
+    scope: str | None = None  # an integrator needs this scope (erx_roles.integrators.Scope); the operator never
     description: str = ""
     path_params: list[str] = field(default_factory=list)
 
@@ -87,12 +88,12 @@ class Api:
     def operation(self, method: str, path: str, *, summary: str, tag: str = "", response: Any = None,
                   status: int = 200, body: type[BaseModel] | None = None, query: type[BaseModel] | None = None,
                   errors: tuple[int, ...] = (), public: bool = False, operator_only: bool = False,
-                  description: str = "") -> Callable[[Handler], Handler]:
+                  scope: str | None = None, description: str = "") -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.operations.append(Operation(
                 method=method.upper(), path=path, handler=handler, summary=summary, tag=tag or self.title,
                 response=response, status=204 if response is None else status, body=body, query=query,
-                errors=errors, public=public, operator_only=operator_only,
+                errors=errors, public=public, operator_only=operator_only, scope=scope,
                 description=description or (handler.__doc__ or "").strip(), path_params=_PATH_PARAM.findall(path)))
             return handler
         return register
@@ -124,6 +125,8 @@ class Api:
             caller = request.get(CALLER)
             if op.operator_only and (caller is None or not caller.is_operator):
                 raise ApiError(403, "only the organisation's operator token may do this")
+            if op.scope is not None and (caller is None or not caller.may(op.scope)):
+                raise ApiError(403, f"this token lacks the scope {op.scope!r}; the operator can grant it")
             kwargs: dict[str, Any] = {name: path_parameter(name, request.match_info[name]) for name in op.path_params}
             if op.query is not None:
                 kwargs["query"] = parse_query(request, op.query)
@@ -160,15 +163,16 @@ class Api:
                 responses[str(op.status)] = {"description": STATUS_TEXT.get(op.status, "OK"), "content": {
                     "application/json": {"schema": by_key[((op.operation_id, "out"), "serialization")]}}}
             codes = set(op.errors) | ({422} if op.body or op.query else set()) | (set() if op.public else {401})
-            if op.operator_only:
+            if op.operator_only or op.scope:
                 codes.add(403)
             for code in sorted(codes):
                 responses[str(code)] = {"description": STATUS_TEXT.get(code, "Error"),
                                         "content": {"application/json": {"schema": error_ref}}}
             entry: dict[str, Any] = {"operationId": op.operation_id, "summary": op.summary, "tags": [op.tag],
                                      "parameters": parameters, "responses": responses}
-            if op.description:
-                entry["description"] = op.description
+            if op.description or op.scope:
+                entry["description"] = (op.description + (f"\n\nIntegrator tokens need the scope `{op.scope}`."
+                                                          if op.scope else "")).strip()
             if op.body is not None:
                 entry["requestBody"] = {"required": True, "content": {"application/json": {
                     "schema": by_key[((op.operation_id, "in"), "validation")]}}}

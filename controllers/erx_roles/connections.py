@@ -4,7 +4,7 @@ link), then awaiting the DID Exchange that completes it. Shared by the doctor an
 from __future__ import annotations
 
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from erx_core.acapy_admin import ACTIVE_CONNECTION, AdminApiError, ConnectionRecord
 from erx_core.events import EventTimeout
@@ -18,7 +18,10 @@ ACTIVE = ACTIVE_CONNECTION
 
 class InvitationOut(BaseModel):
     invitation_id: str
-    invitation_url: str
+    invitation_url: str = Field(description="the whole invitation in a URL: too long for a QR code, use short_url")
+    short_url: str | None = None
+    qr_svg_url: str | None = None
+    qr_png_url: str | None = None
 
 
 class ConnectionOut(BaseModel):
@@ -33,7 +36,9 @@ def _invitations(ctx: RoleContext) -> Table[InvitationOut]:
 
 async def create_invitation(ctx: RoleContext, alias: str) -> InvitationOut:
     inv = await ctx.admin.create_invitation(alias=alias)
-    created = InvitationOut(invitation_id=inv.invi_msg_id, invitation_url=inv.invitation_url)
+    link = ctx.links.create(inv.invi_msg_id, inv.invitation_url)
+    created = InvitationOut(invitation_id=inv.invi_msg_id, invitation_url=inv.invitation_url,
+                            **ctx.links.qr_links(link).model_dump())
     _invitations(ctx).put(created.invitation_id, created)
     return created
 

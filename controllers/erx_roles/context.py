@@ -11,6 +11,7 @@ from erx_core.network import Network
 from erx_core.settings import AgentSettings
 from erx_core.store import Store
 from erx_core.webhooks import Outbox
+from erx_roles.invitations import ShortLinks
 
 
 @dataclass
@@ -22,6 +23,7 @@ class RoleContext:
     store: Store
     chain: PrescriptionTokenClient | None  # organisations only; the patient never touches the chain
     outbox: Outbox  # events for the organisation's integrators (webhooks)
+    links: ShortLinks  # QR-sized short links to this organisation's invitations
 
     @classmethod
     async def open(cls, network: Network, agent_name: str) -> RoleContext:
@@ -31,7 +33,8 @@ class RoleContext:
             chain = await PrescriptionTokenClient.connect(network.chain_config(), network.chain_account(agent_name))
         store = Store(network.paths.controllers / f"{agent_name}.db")
         return cls(network=network, agent=agent, admin=network.admin(agent_name), bus=EventBus(), store=store,
-                   chain=chain, outbox=Outbox(store, source=agent_name, settings=network.settings.webhooks))
+                   chain=chain, outbox=Outbox(store, source=agent_name, settings=network.settings.webhooks),
+                   links=ShortLinks(store, network.controller_url(agent_name)))
 
     async def close(self) -> None:
         await self.outbox.close()

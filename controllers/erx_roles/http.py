@@ -51,10 +51,15 @@ class Caller(BaseModel):
 
     name: str
     integrator_id: str | None = None
+    scopes: set[str] = set()
 
     @property
     def is_operator(self) -> bool:
         return self.integrator_id is None
+
+    def may(self, scope: str | None) -> bool:
+        """May this caller use an operation that needs `scope` (None: any authenticated caller)?"""
+        return scope is None or self.is_operator or scope in self.scopes
 
 
 Authenticate = Callable[[str], Caller | None]

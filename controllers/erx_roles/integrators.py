@@ -13,6 +13,7 @@ import hmac
 import secrets
 import time
 import uuid
+from enum import StrEnum
 from typing import Callable
 
 from aiohttp import web
@@ -25,11 +26,19 @@ from erx_roles.http import CALLER, ApiError, Caller, not_found
 TOKEN_PREFIX = "erx_"
 
 
+class Scope(StrEnum):
+    """What an integrator token may do beyond the organisation's everyday work. The operator token may
+    do everything; an integrator only what its scopes name."""
+
+    TRUST_LIST = "trust-list"  # change which prescribers a pharmacy trusts
+
+
 class IntegratorCreate(BaseModel):
-    model_config = ConfigDict(str_strip_whitespace=True)
+    model_config = ConfigDict(str_strip_whitespace=True, extra="forbid")
 
     name: str = Field(min_length=1, max_length=100, examples=["Practice software"])
     description: str = Field(default="", max_length=300)
+    scopes: list[Scope] = Field(default=[], max_length=len(Scope), description="extra powers; none by default")
 
 
 class Integrator(BaseModel):
@@ -37,6 +46,7 @@ class Integrator(BaseModel):
     name: str
     description: str = ""
     token_hint: str = Field(description="the token's last four characters, to tell tokens apart")
+    scopes: list[Scope] = []
     created_at: float
 
 
@@ -67,7 +77,7 @@ class Integrators:
         if hmac.compare_digest(digest, self._operator_digest):
             return Caller(name="operator")
         found = self._by_digest.get(digest)  # a hash lookup: timing reveals nothing about the token
-        return Caller(name=found.name, integrator_id=found.integrator_id) if found else None
+        return Caller(name=found.name, integrator_id=found.integrator_id, scopes=set(found.scopes)) if found else None
 
     def operator_only(self, authorization: str) -> Caller | None:
         caller = self.authenticate(authorization)
@@ -76,7 +86,8 @@ class Integrators:
     def create(self, body: IntegratorCreate) -> IntegratorCreated:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         stored = _StoredIntegrator(integrator_id=str(uuid.uuid4()), name=body.name, description=body.description,
-                                   token_hint=token[-4:], created_at=time.time(), token_sha256=_digest(token))
+                                   token_hint=token[-4:], scopes=sorted(set(body.scopes)), created_at=time.time(),
+                                   token_sha256=_digest(token))
         self._table.put(stored.integrator_id, stored)
         self._by_digest[stored.token_sha256] = stored
         return IntegratorCreated(**stored.model_dump(exclude={"token_sha256"}), token=token)

@@ -96,6 +96,24 @@ def qr_svg(text: str) -> bytes:
     return out.getvalue()
 
 
+def qr_png(text: str) -> bytes:
+    """The same QR code as a PNG, for systems that print or embed images."""
+    code = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M, border=4, box_size=8)
+    code.add_data(text)
+    code.make(fit=True)
+    out = io.BytesIO()
+    code.make_image().save(out, format="PNG")
+    return out.getvalue()
+
+
+class QrLinks(BaseModel):
+    """What to show a wallet: a short link that fits a QR code, and that QR code as images."""
+
+    short_url: str = Field(description="a short link to the invitation (RFC 0434): put this in the QR code")
+    qr_svg_url: str = Field(description="the QR code of `short_url` as SVG")
+    qr_png_url: str = Field(description="the QR code of `short_url` as PNG")
+
+
 class ShortLink(BaseModel):
     short_id: str
     ref: str  # what the link stands for: an invitation's id
@@ -135,6 +153,10 @@ class ShortLinks:
     def qr_path(self, link: ShortLink) -> str:
         return f"/i/{link.short_id}/qr.svg"
 
+    def qr_links(self, link: ShortLink) -> QrLinks:
+        url = self.url(link)
+        return QrLinks(short_url=url, qr_svg_url=f"{url}/qr.svg", qr_png_url=f"{url}/qr.png")
+
     def routes(self) -> list[web.RouteDef]:
         def found(request: web.Request) -> ShortLink:
             link = self.get(request.match_info["short_id"])
@@ -154,4 +176,10 @@ class ShortLinks:
             return web.Response(body=qr_svg(self.url(link)), content_type="image/svg+xml",
                                 headers={"Cache-Control": "private, max-age=86400"})
 
-        return [web.get("/i/{short_id}", resolve), web.get("/i/{short_id}/qr.svg", qr)]
+        async def qr_image(request: web.Request) -> web.Response:
+            link = found(request)
+            return web.Response(body=qr_png(self.url(link)), content_type="image/png",
+                                headers={"Cache-Control": "private, max-age=86400"})
+
+        return [web.get("/i/{short_id}", resolve), web.get("/i/{short_id}/qr.svg", qr),
+                web.get("/i/{short_id}/qr.png", qr_image)]

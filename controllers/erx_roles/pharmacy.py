@@ -39,6 +39,7 @@ from erx_roles.connections import connection_api, require_active_connection
 from erx_roles.context import RoleContext
 from erx_roles.dispensing import ChainFacts, Presented, abandoned, decide, examine, shown
 from erx_roles.http import ApiError, not_found
+from erx_roles.integrators import Scope
 from erx_schemas.fhir import medication_dispense
 from erx_schemas.prescription import Refusal, RefusalReason, RevealedPrescription, dispensing_proof_request
 
@@ -70,7 +71,11 @@ class DispenseCheck(BaseModel):
     spend_raw_tx: str | None = Field(default=None, exclude=True)
     remaining_redemptions: int | None = None
     dispensed_at: float | None = None
+    # a connectionless request: the invitation carrying it (too long for a QR code), and its short link
     invitation_url: str | None = None
+    short_url: str | None = None
+    qr_svg_url: str | None = None
+    qr_png_url: str | None = None
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
 
@@ -199,8 +204,10 @@ class PharmacyService:
             exchange = await self.ctx.admin.create_proof_request(self.proof_request())
             invitation = await self.ctx.admin.create_invitation(
                 handshake=False, attachments=[{"id": exchange.pres_ex_id, "type": "present-proof"}])
-            check = StoredCheck(check_id=str(uuid.uuid4()), pres_ex_id=exchange.pres_ex_id,
-                                invitation_url=invitation.invitation_url)
+            check_id = str(uuid.uuid4())
+            link = self.ctx.links.create(check_id, invitation.invitation_url)
+            check = StoredCheck(check_id=check_id, pres_ex_id=exchange.pres_ex_id,
+                                invitation_url=invitation.invitation_url, **self.ctx.links.qr_links(link).model_dump())
         return self._save(check)
 
     def _by_exchange(self, pres_ex_id: str) -> StoredCheck | None:
@@ -421,7 +428,8 @@ class PharmacyService:
         @api.operation("POST", "/api/checks", summary="Ask for a prescription: a QR code, or over a connection",
                        tag=tag, body=RequestBody, response=DispenseCheck, status=201, errors=(404, 409, 502))
         async def request_prescription(_: web.Request, body: RequestBody) -> DispenseCheck:
-            """Without `connection_id` the answer carries an `invitation_url` to show as a QR code.
+            """Without `connection_id` the answer carries a `short_url` to show as a QR code (`qr_png_url`,
+            `qr_svg_url` serve it as images; `invitation_url` is the whole invitation, too long for a QR code).
             The check then moves to `verified` or `refused` (long poll `GET /api/checks/{id}?wait=30`, or the
             `prescription.presented` / `prescription.refused` webhooks)."""
             return public(await self.request(body.connection_id))
@@ -457,12 +465,13 @@ class PharmacyService:
             return list(self.trusted.all())
 
         @api.operation("POST", "/api/trusted-prescribers", summary="Trust a prescriber's credential definition",
-                       tag=trust, body=TrustedPrescriber, response=TrustedPrescriber, status=201)
+                       tag=trust, body=TrustedPrescriber, response=TrustedPrescriber, status=201,
+                       scope=Scope.TRUST_LIST)
         async def add_trusted_prescriber(_: web.Request, body: TrustedPrescriber) -> TrustedPrescriber:
             return self.trust(body)
 
         @api.operation("DELETE", "/api/trusted-prescribers/{cred_def_id}", summary="Stop trusting a prescriber",
-                       tag=trust, errors=(404,))
+                       tag=trust, errors=(404,), scope=Scope.TRUST_LIST)
         async def remove_trusted_prescriber(_: web.Request, cred_def_id: str) -> None:
             self.distrust(cred_def_id)
 

@@ -114,6 +114,7 @@ async def client(tmp_path: Path):
     config = PageConfig(agent="doctor", role="doctor", title="Dr. Test", password=SecretStr(PASSWORD))
     live = setup_pages(app, config, SecretStr(SESSION_KEY), bus)
     links = ShortLinks(store, "http://127.0.0.1:1")
+    service.ctx.links = links
     app.add_routes(links.routes())
     app.add_routes(DoctorPages(service, links, live).routes())
     async with TestClient(TestServer(app)) as c:
@@ -201,6 +202,9 @@ async def test_short_links_resolve_to_the_invitation_and_serve_its_qr_code(clien
     assert (await client.get("/i/nope")).status == 404
     svg = await (await client.get(f"/i/{link.short_id}/qr.svg")).read()
     assert svg == qr_svg(client.links.url(link))
+    png = await client.get(f"/i/{link.short_id}/qr.png")
+    assert png.content_type == "image/png" and (await png.read()).startswith(b"\x89PNG")
+    assert client.links.qr_links(link).qr_png_url == client.links.url(link) + "/qr.png"
 
 
 

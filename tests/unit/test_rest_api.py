@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, SecretStr
 from erx_core.store import Store
 from erx_roles.api import Api, WaitQuery
 from erx_roles.http import ApiError, api_middlewares
-from erx_roles.integrators import IntegratorCreate, Integrators
+from erx_roles.integrators import IntegratorCreate, Integrators, Scope
 
 OPERATOR = "operator-token"
 
@@ -49,6 +49,10 @@ def build(tmp_path) -> tuple[web.Application, Integrators, Api]:
     @api.operation("DELETE", "/api/things/{thing_id}", summary="Drop a thing", operator_only=True)
     async def drop_thing(_: web.Request, thing_id: str) -> None:
         things.pop(thing_id, None)
+
+    @api.operation("PUT", "/api/things/{thing_id}/trust", summary="Needs a scope", scope=Scope.TRUST_LIST)
+    async def trust_thing(_: web.Request, thing_id: str) -> None:
+        things[thing_id].secret = "trusted"
 
     api.include(integrators.api())
     app = web.Application(middlewares=api_middlewares(integrators.authenticate, api.public_paths))
@@ -133,3 +137,23 @@ async def test_the_openapi_document_describes_every_operation_from_its_models(tm
     created = doc["paths"]["/api/integrators"]["post"]["responses"]["201"]["content"]["application/json"]
     assert "token" in doc["components"]["schemas"][created["schema"]["$ref"].split("/")[-1]]["properties"]
     assert doc["components"]["schemas"]["ErrorBody"]["required"] == ["error"]
+
+
+async def test_scoped_operations_need_the_scope_or_the_operator(tmp_path):
+    """Trust-list changes: the operator may; an integrator only with the `trust-list` scope."""
+    app, _, api = build(tmp_path)
+    async with TestClient(TestServer(app)) as c:
+        plain = await (await c.post("/api/integrators", json={"name": "Pharmacy system"},
+                                    headers=bearer(OPERATOR))).json()
+        scoped = await (await c.post("/api/integrators", json={"name": "Chain HQ", "scopes": ["trust-list"]},
+                                     headers=bearer(OPERATOR))).json()
+        assert scoped["scopes"] == ["trust-list"] and plain["scopes"] == []
+        await c.post("/api/things", json={"thing_id": "x", "size": 1}, headers=bearer(OPERATOR))
+        r = await c.put("/api/things/x/trust", headers=bearer(plain["token"]))
+        assert r.status == 403 and "trust-list" in (await r.json())["error"]
+        assert (await c.put("/api/things/x/trust", headers=bearer(scoped["token"]))).status == 204
+        assert (await c.put("/api/things/x/trust", headers=bearer(OPERATOR))).status == 204
+        bad = await c.post("/api/integrators", json={"name": "x", "scopes": ["everything"]}, headers=bearer(OPERATOR))
+        assert bad.status == 422
+    document = api.openapi()
+    assert "403" in document["paths"]["/api/things/{thing_id}/trust"]["put"]["responses"]

@@ -7,7 +7,6 @@ from aiohttp import web
 
 from erx_core.network import Network
 from erx_roles.context import RoleContext
-from erx_roles.invitations import ShortLinks
 from erx_roles.pages.web import PageConfig, setup_pages
 
 # what no agent event announces and the doctor's page shows: redemptions, read from the chain
@@ -27,7 +26,7 @@ def mount_pages(app: web.Application, network: Network, ctx: RoleContext, servic
                         secure_cookies=base_url.startswith("https:"))
     live = setup_pages(app, config, network.secrets.session_key(agent.name), ctx.bus,
                        tick_s=DOCTOR_TICK_S if agent.role == "doctor" else None)
-    links = ShortLinks(ctx.store, base_url)
+    links = ctx.links
     app.add_routes(links.routes())
     if agent.role == "doctor":
         app.add_routes(DoctorPages(service, links, live).routes())
