@@ -61,6 +61,9 @@ class AgentLaunch(BaseModel):
     def env(self) -> dict[str, str]:
         env = {
             "ACAPY_HOME": str(self.home),
+            # ACA-Py caches downloaded tails files under $HOME/.indy_client/tails: one cache per agent, inside
+            # its own home, so no agent reads another's files and a tails-server outage is not hidden
+            "HOME": str(self.home),
             "ACAPY_WALLET_KEY": self.wallet_key.get_secret_value(),
             "ACAPY_ADMIN_API_KEY": self.admin_api_key.get_secret_value(),
             # The fragment reaches the controller as an x-api-key header on every webhook.

@@ -11,6 +11,7 @@ The doctor's records keep the token address and revocation ids, never sk_presc.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import time
@@ -23,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from erx_contracts.client import new_prescription_key
 from erx_contracts.errors import ChainError
-from erx_core.acapy_admin import AdminApiError, AgentUnreachable
+from erx_core.acapy_admin import AdminApiError, AgentUnreachable, CredExState
 from erx_core.events import EventTimeout, Payload
 from erx_core.ids import RecordId
 from erx_core.recovery import SetAside
@@ -89,6 +90,7 @@ class DoctorService:
         self.cred_def_id: str | None = None
         self.issuer_did: str | None = None
         self.needs_attention = SetAside()  # prescriptions start-up recovery could not settle
+        self._locks: dict[str, asyncio.Lock] = {}
         ctx.bus.subscribe(ISSUE_TOPIC, self._on_issue_event)
 
     @property
@@ -134,8 +136,7 @@ class DoctorService:
             LOG.warning("prescription %s: offer %s not readable (%s)", record.prescription_id,
                         record.cred_ex_id, exc.reason)
             return
-        await self._on_issue_event(ISSUE_TOPIC, {"cred_ex_id": record.cred_ex_id, "state": exchange.state,
-                                                 "error_msg": exchange.error_msg})
+        await self._settle(record.prescription_id, exchange.state, exchange.error_msg)
 
     async def _find_cred_def(self, schema_id: str) -> str | None:
         ids = await self.ctx.admin.credential_definition_ids(schema_id, self.issuer_did)
@@ -178,6 +179,9 @@ class DoctorService:
             await self._on_issue_event(ISSUE_TOPIC, payload)
         return self._get(pid)
 
+    def _lock(self, prescription_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(prescription_id, asyncio.Lock())
+
     def _fail(self, record: IssuedPrescription, error: str) -> None:
         record.state, record.error = PrescriptionState.FAILED, error
         self.records.put(record.prescription_id, record)
@@ -194,22 +198,40 @@ class DoctorService:
 
     async def _on_issue_event(self, topic: str, payload: Payload) -> None:
         record = self._by_exchange(payload.get("cred_ex_id", ""))
-        if record is None or record.state not in (PrescriptionState.OFFERED, PrescriptionState.CREATING_TOKEN):
-            return
-        state = payload.get("state")
-        if state == "done":  # the wallet acknowledged: it holds the credential
-            exchange = await self.ctx.admin.credential_exchange(record.cred_ex_id)
-            record.rev_reg_id, record.cred_rev_id = exchange.rev_reg_id, exchange.cred_rev_id
-            record.thread_id = exchange.thread_id
-            record.state, event = PrescriptionState.ISSUED, EventType.ISSUED
-        elif state in ("abandoned", "declined", "deleted"):
-            record.state, event = PrescriptionState.DECLINED, EventType.DECLINED
-            record.error = payload.get("error_msg") or "the patient's wallet declined the offer"
-            await self.ctx.chain.cancel(record.token_address)
-        else:
-            return
-        self._commit(record, event)
-        LOG.info("prescription %s: %s", record.prescription_id, record.state)
+        if record is not None:
+            await self._settle(record.prescription_id, payload.get("state"), payload.get("error_msg"))
+
+    async def _settle(self, prescription_id: str, state: str | None, error_msg: str | None) -> None:
+        """The one place an issue exchange's state moves a prescription: from the webhook, from the
+        replay after `issue`, and from start-up recovery alike. Only an open offer moves."""
+        async with self._lock(prescription_id):
+            record = self._get(prescription_id)
+            if record.state not in (PrescriptionState.OFFERED, PrescriptionState.CREATING_TOKEN):
+                return
+            if state == CredExState.DONE:  # the wallet acknowledged: it holds the credential
+                exchange = await self.ctx.admin.credential_exchange(record.cred_ex_id)
+                record.rev_reg_id, record.cred_rev_id = exchange.rev_reg_id, exchange.cred_rev_id
+                record.thread_id = exchange.thread_id
+                record.state, event = PrescriptionState.ISSUED, EventType.ISSUED
+            elif state in (CredExState.ABANDONED, CredExState.DECLINED, CredExState.DELETED):
+                record.state, event = PrescriptionState.DECLINED, EventType.DECLINED
+                record.error = error_msg or "the patient's wallet declined the offer"
+                await self.ctx.chain.cancel(record.token_address)
+            else:
+                return
+            self._commit(record, event)
+            LOG.info("prescription %s: %s", record.prescription_id, record.state)
+        # The exchange record holds the offer, and so the token's one-time key: the practice keeps
+        # only the revocation ids and the thread, never the key.
+        await self._forget_exchange(record)
+
+    async def _forget_exchange(self, record: IssuedPrescription) -> None:
+        try:
+            await self.ctx.admin.delete_credential_exchange(record.cred_ex_id)
+        except AdminApiError as exc:
+            if exc.status != 404:
+                LOG.warning("prescription %s: exchange %s not deleted: %s", record.prescription_id,
+                            record.cred_ex_id, exc.reason)
 
     async def wait_issued(self, prescription_id: str, timeout_s: float) -> IssuedPrescription:
         record = self._get(prescription_id)

@@ -120,7 +120,7 @@ async def secret_key_in_wallet(network: Network, credential_id: str) -> str:
     """The token's secret key as the patient's wallet holds it (its own API never shows it)."""
     admin = network.admin(PATIENT)
     try:
-        return (await admin.get(f"/credential/{credential_id}"))["attrs"]["token_secret_key"]
+        return (await admin.credential(credential_id)).attrs["token_secret_key"]
     finally:
         await admin.close()
 

@@ -124,7 +124,7 @@ async def test_key_that_matches_no_token_is_refused_as_unknown_token(network: Ne
         token=TokenRef(chain_id=chain.chain_id, contract=chain.contract_address,
                        secret_key=new_prescription_key().private_key))
     async with network.admin(DOCTOR) as admin:
-        connection_id = (await admin.get("/connections", state="active"))["results"][0]["connection_id"]
+        connection_id = (await admin.connections(state="active"))[0].connection_id
         waiter_done = asyncio.get_running_loop().time() + 30
         await admin.send_offer(connection_id, cred_def_id, prescription.to_attributes())
         while True:
@@ -143,10 +143,9 @@ async def test_presentation_that_does_not_verify_is_refused_and_nothing_is_spent
     revocation, so it refuses the presentation as invalid, and spends nothing."""
     prescription, cred = await issue(flow)
     async with network.admin(DOCTOR) as admin:
-        record = await admin.get("/anoncreds/revocation/credential-record",
-                                 cred_ex_id=(await flow.client(DOCTOR).get(
-                                     f"/api/prescriptions/{prescription['prescription_id']}"))["cred_ex_id"])
-        await admin.revoke(record["result"]["rev_reg_id"], record["result"]["cred_rev_id"])
+        record = await admin.credential_revocation_record((await flow.client(DOCTOR).get(
+            f"/api/prescriptions/{prescription['prescription_id']}"))["cred_ex_id"])
+        await admin.revoke(record["rev_reg_id"], record["cred_rev_id"])
     check = await flow.redeem(PHARMACY_A, PATIENT, cred)
     assert check["state"] == "refused"
     assert check["refusal"]["reason"] == "invalid_presentation"
