@@ -53,6 +53,8 @@ class AgentLaunch(BaseModel):
             # Integrators and the pages need exchange records after they finish.
             "--preserve-exchange-records",
             "--notify-revocation",
+            # ACA-Py issue 3738: concurrent revocable issuance can repeat a revocation index
+            "--plugin", "erx_agents.acapy_plugins.unique_revocation_ids",
             "--monitor-revocation-notification",
             "--log-level", self.log_level,
         ]

@@ -52,6 +52,10 @@ for _module in (_plenum_config, _indy_config):
 
 def load_config(pool_dir: Path):
     """Return indy-node's config for ``pool_dir``; call before importing other plenum modules."""
+    # Four nodes start at once and plenum creates these with an exists-then-makedirs race
+    # (FileExistsError on a fresh pool): create them first, race-free.
+    for sub in ("plugins", "backup", "log"):
+        os.makedirs(str(pool_dir / sub), exist_ok=True)
     # stp_core.config takes its baseDir (the user config folder) from the cwd at import time.
     os.chdir(str(pool_dir))
     import indy_common.config
