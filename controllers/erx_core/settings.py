@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from erx_core.processes import free_port
 from erx_core.webhooks import WebhookSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -44,15 +45,22 @@ class PoolSettings(BaseModel):
 class ChainSettings(BaseModel):
     """The local EVM node standing in for a permissioned, gas-free Quorum/Besu network."""
 
+    # JSON-RPC for everyone (controllers, `erx up`, tests): the journaling proxy (erx_chain.proxy).
     port: int = 8545
+    # anvil itself, behind the proxy; internal. None: a free port, chosen when the settings are made
+    # (like the test networks' ports) and kept in settings.json; `erx up` keeps a running node's port.
+    node_port: int | None = None
     chain_id: int = 1337
     # 1 s blocks mirror IBFT/QBFT; None switches to automine (faster tests, not production-like).
     block_time_s: float | None = 1.0
     # Permissioned networks set the block gas limit in genesis; the default 30M caps throughput.
     gas_limit: int = 10_000_000_000
     tx_timeout_s: float = 30.0
-    # The node dumps its state this often (whole seconds), so a crash loses at most this much.
-    state_interval_s: int = 5
+    # The node dumps its state this often (whole seconds; 1 is anvil's minimum). A crash rolls the node
+    # back to its last dump; the proxy's journal re-applies what was lost, so this only bounds the work.
+    state_interval_s: int = Field(default=1, ge=1)
+    # How long the proxy holds a request while the node restarts or is reconciled before answering 503.
+    proxy_hold_timeout_s: float = Field(default=5.0, gt=0)
     # Dev default: the public test mnemonic. Accounts derive per role (authority, doctors, pharmacies).
     dev_mnemonic: SecretStr = SecretStr("test test test test test test test test test test test junk")
 
@@ -101,6 +109,12 @@ class CheckSettings(BaseModel):
     undispensed_after_s: float = Field(default=60 * 60, gt=0, description="verified but never dispensed")
 
 
+class OfferSettings(BaseModel):
+    """How long a practice's credential offer waits for the wallet to store it."""
+
+    unstored_after_s: float = Field(default=60 * 60, gt=0, description="offered, never stored: token cancelled")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ERX_", env_nested_delimiter="__", extra="ignore")
 
@@ -121,9 +135,13 @@ class Settings(BaseSettings):
     # Outgoing webhooks to integrators: request timeout, retry backoff, give-up, signature tolerance.
     webhooks: WebhookSettings = WebhookSettings()
     checks: CheckSettings = CheckSettings()
+    offers: OfferSettings = OfferSettings()
 
     @model_validator(mode="after")
     def _ports_do_not_collide(self) -> Settings:
+        if self.chain.node_port is None:  # the chain node's internal port: free, and no one else's
+            taken = {port for _, port in self.port_plan()}
+            self.chain.node_port = next(p for p in iter(free_port, None) if p not in taken)
         owners: dict[int, str] = {}
         for owner, port in self.port_plan():
             if port in owners:
@@ -140,6 +158,8 @@ class Settings(BaseSettings):
         for i, (node, client) in enumerate(zip(self.pool.node_ports, self.pool.client_ports), start=1):
             plan += [(f"indy Node{i} (node)", node), (f"indy Node{i} (client)", client)]
         plan.append(("chain", self.chain.port))
+        if self.chain.node_port is not None:
+            plan.append(("chain node (behind the journaling proxy)", self.chain.node_port))
         plan.append(("tails", self.tails.port))
         for a in self.agents:
             plan += [(f"agent-{a.name} (inbound)", a.inbound_port), (f"agent-{a.name} (admin)", a.admin_port),

@@ -6,19 +6,27 @@ crash-safe: a record that `put()` returned for is on disk.
 
 Writes that must land together (a record and the webhook event announcing it) go in one
 `store.transaction()`; outside of one, every statement commits on its own.
+
+Lists are read a page at a time (`Table.page`), newest first by insertion: a record keeps its SQLite
+rowid when it is updated (`put` updates in place), so a cursor (the last rowid a page returned) stays
+valid and no record is skipped or repeated while new ones arrive. The store never runs VACUUM, which
+may renumber rowids of a table without an INTEGER PRIMARY KEY.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import re
 import sqlite3
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Generic, Iterator, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
 _FIELD = re.compile(r"[a-z_][a-z0-9_]*")
@@ -33,8 +41,11 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS records (kind TEXT, id TEXT, updated REAL, doc TEXT, PRIMARY KEY (kind, id))")
+        # entries sorted by (kind, rowid): a page of one kind is a range of this index, no sort
+        self._db.execute("CREATE INDEX IF NOT EXISTS records_by_kind ON records (kind)")
         self._depth = 0  # open transaction() blocks: 0 = autocommit, 1 = BEGIN, more = savepoints
         self._after: list[Callable[[], None]] = []
+        self._tables: list[Table] = []
 
     @property
     def connection(self) -> sqlite3.Connection:
@@ -104,16 +115,44 @@ class Store:
     def table(self, kind: str, model: type[M], *, indexed: tuple[str, ...] = ()) -> Table[M]:
         """Records of one kind. `indexed` names top-level fields that `Table.find` looks up by index
         (e.g. the agent's exchange id, which every agent webhook carries)."""
-        return Table(self._db, kind, model, indexed)
+        table = Table(self._db, kind, model, indexed)
+        self._tables.append(table)
+        return table
+
+    def unreadable(self) -> dict[str, str]:
+        """Every record a table found it cannot read ("<kind> <id>" -> why), for the operator."""
+        return {f"{t.kind} {record_id}": why for t in self._tables for record_id, why in t.unreadable.items()}
 
     def close(self) -> None:
         self._db.close()
+
+
+class InvalidCursor(ValueError):
+    """A page cursor this table did not hand out."""
+
+
+class UnreadableRecord(LookupError):
+    """A stored record the current model cannot read (written by an older version under looser rules,
+    or damaged). Lists skip it, a direct read raises this; either way it is listed in `unreadable`
+    for the operator and never stops the controller."""
+
+    def __init__(self, kind: str, record_id: str, reason: str):
+        super().__init__(f"{kind} {record_id} cannot be read: {reason}")
+        self.kind, self.record_id, self.reason = kind, record_id, reason
+
+
+@dataclass(frozen=True)
+class TablePage(Generic[M]):
+    items: list[M]
+    next: str | None  # the cursor of the following page; None: this was the last
+    total: int  # records of this kind, at the time of the read
 
 
 class Table(Generic[M]):
     def __init__(self, db: sqlite3.Connection, kind: str, model: type[M], indexed: tuple[str, ...] = ()):
         self._db, self.kind, self.model = db, kind, model
         self.indexed = indexed
+        self.unreadable: dict[str, str] = {}  # record id -> why the model refused it
         for field in indexed:
             if not _FIELD.fullmatch(field) or field not in model.model_fields:
                 raise ValueError(f"cannot index {kind}.{field}: not a top-level field name")
@@ -125,31 +164,87 @@ class Table(Generic[M]):
         """The record whose `field` equals `value` (the newest, should there be several)."""
         if field not in self.indexed:
             raise ValueError(f"{self.kind}.{field} is not indexed")
-        row = self._db.execute(f"SELECT doc FROM records WHERE kind=? AND json_extract(doc, '$.{field}')=? "
-                               "ORDER BY updated DESC LIMIT 1", (self.kind, value)).fetchone()
-        return self.model.model_validate_json(row[0]) if row else None
+        rows = self._db.execute(f"SELECT id, doc FROM records WHERE kind=? AND json_extract(doc, '$.{field}')=? "
+                                "ORDER BY updated DESC", (self.kind, value)).fetchall()
+        return next(self._readable(rows), None)
+
+    def _load(self, record_id: str, doc: str) -> M | None:
+        try:
+            record = self.model.model_validate_json(doc)
+        except ValidationError as exc:
+            reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                               for e in exc.errors(include_url=False, include_input=False))[:300]
+            if self.unreadable.get(record_id) != reason:
+                LOG.error("%s %s is unreadable and set aside: %s", self.kind, record_id, reason)
+            self.unreadable[record_id] = reason
+            return None
+        self.unreadable.pop(record_id, None)
+        return record
+
+    def _readable(self, rows) -> Iterator[M]:
+        for record_id, doc in rows:
+            if (record := self._load(record_id, doc)) is not None:
+                yield record
 
     def put(self, record_id: str, record: M) -> M:
-        self._db.execute("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?)",
+        # an update in place keeps the record's rowid, i.e. its position in `page()`
+        self._db.execute("INSERT INTO records VALUES (?, ?, ?, ?) ON CONFLICT (kind, id) DO UPDATE "
+                         "SET updated=excluded.updated, doc=excluded.doc",
                          (self.kind, record_id, time.time(), record.model_dump_json()))
         return record
 
     def get(self, record_id: str) -> M | None:
+        """The record, None if there is none; UnreadableRecord if it is there but cannot be read."""
         row = self._db.execute("SELECT doc FROM records WHERE kind=? AND id=?", (self.kind, record_id)).fetchone()
-        return self.model.model_validate_json(row[0]) if row else None
+        if row is None:
+            return None
+        record = self._load(record_id, row[0])
+        if record is None:
+            raise UnreadableRecord(self.kind, record_id, self.unreadable[record_id])
+        return record
 
     def find_all(self, field: str, value: str) -> Iterator[M]:
         """Every record whose `field` equals `value`, newest first."""
         if field not in self.indexed:
             raise ValueError(f"{self.kind}.{field} is not indexed")
-        for (doc,) in self._db.execute(f"SELECT doc FROM records WHERE kind=? AND json_extract(doc, '$.{field}')=? "
-                                       "ORDER BY updated DESC", (self.kind, value)).fetchall():
-            yield self.model.model_validate_json(doc)
+        yield from self._readable(self._db.execute(
+            f"SELECT id, doc FROM records WHERE kind=? AND json_extract(doc, '$.{field}')=? ORDER BY updated DESC",
+            (self.kind, value)).fetchall())
 
     def delete(self, record_id: str) -> None:
         self._db.execute("DELETE FROM records WHERE kind=? AND id=?", (self.kind, record_id))
 
     def all(self) -> Iterator[M]:
         """Newest first."""
-        for (doc,) in self._db.execute("SELECT doc FROM records WHERE kind=? ORDER BY updated DESC", (self.kind,)):
-            yield self.model.model_validate_json(doc)
+        yield from self._readable(
+            self._db.execute("SELECT id, doc FROM records WHERE kind=? ORDER BY updated DESC", (self.kind,)))
+
+    def page(self, limit: int, after: str | None = None) -> TablePage[M]:
+        """Up to `limit` records, newest first by insertion (an update does not move a record), after the
+        cursor `after` (the `next` of the previous page; None: from the newest). Records inserted while
+        a client pages appear before its first page, never within its later ones. Raises InvalidCursor."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        query, args = "SELECT rowid, id, doc FROM records WHERE kind=?", [self.kind]
+        if after is not None:
+            query += " AND rowid<?"
+            args.append(self._rowid(after))
+        rows = self._db.execute(query + " ORDER BY rowid DESC LIMIT ?", (*args, limit + 1)).fetchall()
+        (total,) = self._db.execute("SELECT COUNT(*) FROM records WHERE kind=?", (self.kind,)).fetchone()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return TablePage(items=list(self._readable((record_id, doc) for _, record_id, doc in rows)),
+                         next=self._cursor(rows[-1][0]) if more else None, total=total)
+
+    # A cursor is opaque to clients: the kind it belongs to and a rowid, base64url without padding.
+    def _cursor(self, rowid: int) -> str:
+        return base64.urlsafe_b64encode(f"{self.kind}:{rowid}".encode()).decode().rstrip("=")
+
+    def _rowid(self, cursor: str) -> int:
+        try:
+            kind, _, rowid = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().rpartition(":")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            raise InvalidCursor("not a cursor of this list") from None
+        if kind != self.kind or not rowid.isascii() or not rowid.isdigit() or len(rowid) > 19:
+            raise InvalidCursor("not a cursor of this list")
+        return int(rowid)

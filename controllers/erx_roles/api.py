@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Generic, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.json_schema import GenerateJsonSchema
 
 from erx_core import ids
+from erx_core.store import InvalidCursor, Table
 from erx_roles.http import CALLER, ApiError, field_problems, parse_body
 
 Handler = Callable[..., Awaitable[Any]]
@@ -52,7 +54,48 @@ class ErrorBody(BaseModel):
 class WaitQuery(BaseModel):
     """Long poll: answer as soon as the awaited state is reached, or after `wait` seconds."""
 
-    wait: float = Field(default=0, ge=0, le=60, description="seconds to wait for the next state (long poll)")
+    wait: float = Field(default=0, ge=0, le=60, allow_inf_nan=False,
+                        description="seconds to wait for the next state (long poll)")
+
+
+T = TypeVar("T")
+MAX_PAGE_SIZE = 200
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]{1,100}$"
+
+
+class PageQuery(BaseModel):
+    """One page of a list, newest first: `?limit=` records after the cursor `?after=` (the previous
+    page's `next`). Cursors, not offsets: a record that arrives while a client pages shows up before its
+    first page, never shifting a later page (no record skipped or seen twice); an updated record keeps
+    its place. A cursor is opaque and belongs to its list."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(default=50, ge=1, le=MAX_PAGE_SIZE, description="records per page")
+    after: str | None = Field(default=None, pattern=CURSOR_PATTERN, max_length=100,
+                              description="the `next` of the previous page; omit for the first page")
+
+
+class Page(BaseModel, Generic[T]):
+    """A page of a list. `next` is null on the last page."""
+
+    items: list[T]
+    next: str | None = Field(description="pass as `after` for the following page; null: no more records")
+    total: int = Field(description="records in the whole list when this page was read")
+
+
+def read_page(table: Table[Any], query: PageQuery) -> Page[Any]:
+    """A page of a store table as `Page[<the table's model>]`, or 422 naming `after` for a cursor of
+    another list. Endpoints that show records differently convert the items and keep `next` and `total`:
+
+        page = read_page(self.checks, query)
+        return Page[DispenseCheck](items=[public(c) for c in page.items], next=page.next, total=page.total)
+    """
+    try:
+        found = table.page(query.limit, after=query.after)
+    except InvalidCursor as exc:
+        raise ApiError(422, "invalid query parameters", fields=[{"field": "after", "message": str(exc)}]) from None
+    return Page[table.model](items=found.items, next=found.next, total=found.total)  # type: ignore[name-defined]
 
 
 @dataclass
@@ -147,7 +190,8 @@ class Api:
                 keyed.append(((op.operation_id, "out"), "serialization", TypeAdapter(op.response)))
             if op.body is not None:
                 keyed.append(((op.operation_id, "in"), "validation", TypeAdapter(op.body)))
-        by_key, defs = TypeAdapter.json_schemas(keyed, ref_template="#/components/schemas/{model}")
+        by_key, defs = TypeAdapter.json_schemas(keyed, ref_template="#/components/schemas/{model}",
+                                                schema_generator=_ClosedObjects)
         error_ref = by_key[(ErrorBody, "serialization")]
 
         paths: dict[str, dict[str, Any]] = {}
@@ -212,9 +256,26 @@ def _path_schema(name: str) -> dict[str, Any]:
     return {"type": "string", "pattern": ids.PATTERNS[kind], "maxLength": ids.MAX_LENGTH[kind]}
 
 
+class _ClosedObjects(GenerateJsonSchema):
+    """Bodies are parsed with extra="forbid" (erx_roles.http.parse_body) and answers carry only the
+    declared fields: the document says so (`additionalProperties: false`), unless a model allows more."""
+
+    def model_schema(self, schema: Any) -> dict[str, Any]:
+        json_schema = super().model_schema(schema)
+        if json_schema.get("type") == "object" and "additionalProperties" not in json_schema:
+            json_schema["additionalProperties"] = False
+        return json_schema
+
+
 def parse_query(request: web.Request, model: type[BaseModel]) -> BaseModel:
+    """Query parameters are text, so converted as such ("50" is 50); but each at most once, and only
+    those the model declares."""
+    repeated = sorted({name for name in request.query if len(request.query.getall(name)) > 1})
+    if repeated:
+        raise ApiError(422, "invalid query parameters",
+                       fields=[{"field": name, "message": "given more than once"} for name in repeated])
     try:
-        return model.model_validate(dict(request.query))
+        return model.model_validate(dict(request.query), extra="forbid")
     except ValidationError as exc:
         raise ApiError(422, "invalid query parameters", fields=field_problems(exc)) from None
 

@@ -23,16 +23,16 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from erx_contracts.client import new_prescription_key
-from erx_contracts.errors import ChainError
+from erx_contracts.errors import ChainError, ContractError, ReceiptTimeout
 from erx_core.acapy_admin import AdminApiError, AgentUnreachable, CredExState
 from erx_core.events import EventTimeout, Payload
 from erx_core.ids import RecordId
 from erx_core.recovery import SetAside
 from erx_core.webhooks import EventType
-from erx_roles.api import Api, WaitQuery
+from erx_roles.api import Api, Page, PageQuery, WaitQuery, read_page
 from erx_roles.connections import connection_api, require_active_connection
 from erx_roles.context import RoleContext
-from erx_roles.http import ApiError, not_found
+from erx_roles.http import ApiError, not_found, unavailable
 from erx_schemas.fhir import FhirMappingError, medication_request_from_order, order_from_medication_request
 from erx_schemas.prescription import Prescriber, Prescription, PrescriptionOrder, TokenRef
 
@@ -156,6 +156,11 @@ class DoctorService:
         try:
             tx = await self.ctx.chain.create(key.address, redemptions=order.redemptions,
                                              not_before=not_before, not_after=not_after)
+        except ReceiptTimeout as exc:  # sent but not confirmed: it may still be mined, so never `failed`
+            record.token_tx, record.error = exc.tx_hash, f"token creation not confirmed yet: {exc}"
+            self.records.put(pid, record)
+            raise ApiError(503, f"the chain has not confirmed the token yet (transaction {exc.tx_hash}); "
+                                f"prescription {pid} stays {record.state.value}") from exc
         except ChainError as exc:
             self._fail(record, f"token creation failed: {exc}")
             raise ApiError(502, f"the chain refused the token: {exc}") from exc
@@ -247,23 +252,62 @@ class DoctorService:
 
     # -- revoking ---------------------------------------------------------------------------------
     async def revoke(self, prescription_id: str) -> IssuedPrescription:
-        """Cancel the token first (effective at once, everywhere), then revoke the credential."""
-        record = self._get(prescription_id)
-        if record.state == PrescriptionState.REVOKED:
-            return record
-        if record.state != PrescriptionState.ISSUED:
-            raise ApiError(409, f"prescription is {record.state}; only issued prescriptions can be revoked")
-        status = await self.ctx.chain.status(record.token_address)
-        if not status.cancelled and status.remaining > 0:  # a fully redeemed token cannot be cancelled
+        """Cancel the token first (effective at once, everywhere), then revoke the credential.
+
+        Idempotent and resumable: each step is recorded before the next, so a revoke that failed
+        half-way (the pool without quorum, the agent restarting) is finished by asking again, and a
+        revoked prescription answers as it is."""
+        async with self._lock(prescription_id):
+            record = self._get(prescription_id)
+            if record.state == PrescriptionState.REVOKED:
+                return record
+            if record.state != PrescriptionState.ISSUED:
+                raise ApiError(409, f"prescription is {record.state}; only issued prescriptions can be revoked")
+            if record.revoke_tx is None:
+                status = await self.ctx.chain.status(record.token_address)
+                if not status.cancelled and status.remaining > 0:  # a fully redeemed token cannot be cancelled
+                    try:
+                        record.revoke_tx = (await self.ctx.chain.cancel(record.token_address)).tx_hash
+                    except ContractError as exc:
+                        raise ApiError(502, f"the chain did not cancel the token: {exc}") from exc
+                    self.records.put(prescription_id, record)
             try:
-                record.revoke_tx = (await self.ctx.chain.cancel(record.token_address)).tx_hash
-            except ChainError as exc:
-                raise ApiError(502, f"the chain did not cancel the token: {exc}") from exc
-            self.records.put(prescription_id, record)
-        await self.ctx.admin.revoke(record.rev_reg_id, record.cred_rev_id, connection_id=record.connection_id,
-                                    thread_id=record.thread_id)
-        record.state = PrescriptionState.REVOKED
-        return self._commit(record, EventType.REVOKED)
+                await self.ctx.admin.revoke(record.rev_reg_id, record.cred_rev_id,
+                                            connection_id=record.connection_id, thread_id=record.thread_id)
+            except AdminApiError as exc:
+                if "already revoked" not in exc.reason.lower():
+                    LOG.warning("prescription %s: revocation not published: %s", prescription_id, exc.reason)
+                    raise unavailable("the credential's revocation did not reach the ledger (the token is "
+                                      "cancelled: no pharmacy can redeem it)") from None
+            record.state = PrescriptionState.REVOKED
+            return self._commit(record, EventType.REVOKED)
+
+    # -- offers nobody takes -------------------------------------------------------------------------
+    async def expire_stale_offers(self, now: float | None = None) -> list[str]:
+        """An offer the wallet has not stored within `offers.unstored_after_s` ends `declined`: its token
+        is cancelled (an unissued prescription must not stay redeemable) and its exchange, holding the
+        one-time key, deleted."""
+        now = time.time() if now is None else now
+        after_s = self.ctx.network.settings.offers.unstored_after_s
+        expired = []
+        for record in list(self.records.find_all("state", PrescriptionState.OFFERED)):
+            if now - record.created_at >= after_s:
+                await self._settle(record.prescription_id, CredExState.ABANDONED,
+                                   f"the wallet did not store the credential within {after_s / 60:.0f} min")
+                if self._get(record.prescription_id).state != PrescriptionState.OFFERED:
+                    expired.append(record.prescription_id)
+        return expired
+
+    async def expire_stale_forever(self) -> None:
+        """The doctor's housekeeping loop: no event announces that a wallet never answered."""
+        interval = min(self.ctx.network.settings.offers.unstored_after_s, 240) / 4
+        while True:
+            try:
+                if expired := await self.expire_stale_offers():
+                    LOG.info("%d offer(s) expired", len(expired))
+            except Exception:  # e.g. the chain is restarting: try again next round
+                LOG.exception("expiring stale offers failed")
+            await asyncio.sleep(interval)
 
     # -- listing -----------------------------------------------------------------------------------
     def _get(self, prescription_id: str) -> IssuedPrescription:
@@ -273,9 +317,16 @@ class DoctorService:
         return record
 
     async def view(self, record: IssuedPrescription) -> PrescriptionView:
-        status = await self.ctx.chain.status(record.token_address)
+        """The record with its live token status; what the chain cannot tell now is shown as unknown."""
+        try:
+            status = await self.ctx.chain.status(record.token_address)
+        except ChainError as exc:
+            LOG.warning("prescription %s: token status unreadable: %s", record.prescription_id, exc)
+            return PrescriptionView(**record.model_dump(), status=f"{record.state.value} (token status unknown)")
         label = record.state.value
-        if record.state == PrescriptionState.ISSUED:
+        if record.state == PrescriptionState.ISSUED and record.revoke_tx:
+            label = "revoking"
+        elif record.state == PrescriptionState.ISSUED:
             used = record.order.redemptions - status.remaining
             if used:
                 label = f"redeemed {used} of {record.order.redemptions}"
@@ -320,9 +371,11 @@ class DoctorService:
             return await self.view(await self.issue(body.connection_id, order))
 
         @api.operation("GET", "/api/prescriptions", summary="Prescriptions issued by this practice, newest first",
-                       tag=tag, response=list[PrescriptionView])
-        async def list_prescriptions(_: web.Request) -> list[PrescriptionView]:
-            return [await self.view(r) for r in self.records.all()]
+                       tag=tag, query=PageQuery, response=Page[PrescriptionView])
+        async def list_prescriptions(_: web.Request, query: PageQuery) -> Page[PrescriptionView]:
+            page = read_page(self.records, query)
+            views = await asyncio.gather(*(self.view(r) for r in page.items))
+            return Page[PrescriptionView](items=list(views), next=page.next, total=page.total)
 
         @api.operation("GET", "/api/prescriptions/{prescription_id}", tag=tag, query=WaitQuery,
                        summary="One prescription with its live token status (long poll with ?wait= until issued)",
@@ -344,7 +397,7 @@ class DoctorService:
 
         @api.operation("POST", "/api/prescriptions/{prescription_id}/revoke", tag=tag, response=PrescriptionView,
                        summary="Revoke: cancel the token on chain, then revoke the credential",
-                       errors=(404, 409, 502))
+                       errors=(404, 409, 502, 503))
         async def revoke_prescription(_: web.Request, prescription_id: str) -> PrescriptionView:
             return await self.view(await self.revoke(prescription_id))
 

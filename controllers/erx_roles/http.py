@@ -3,22 +3,42 @@ stack trace), JSON bodies validated by pydantic models."""
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from typing import Any, Callable, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from erx_contracts.errors import ChainUnavailable, TransactionTimeout
+from erx_core.acapy_admin import AgentUnreachable
+from erx_core.store import UnreadableRecord
+from erx_schemas.prescription import input_context
+
 LOG = logging.getLogger("erx.api")
 M = TypeVar("M", bound=BaseModel)
+# A request body larger than this is refused with 413 before it is parsed. aiohttp's own limit
+# (client_max_size) is 1 MiB; the largest body here, a FHIR MedicationRequest, is a few KiB.
+MAX_BODY_BYTES = 256 * 1024
 
 
 class ApiError(Exception):
     """A refusal the caller can act on: HTTP status + reason."""
 
-    def __init__(self, status: int, reason: str, **extra: Any):
+    def __init__(self, status: int, reason: str, *, headers: dict[str, str] | None = None, **extra: Any):
         super().__init__(reason)
-        self.status, self.reason, self.extra = status, reason, extra
+        self.status, self.reason, self.extra, self.headers = status, reason, extra, headers or {}
+
+
+RETRY_AFTER_S = 5
+
+
+def unavailable(what: str) -> ApiError:
+    """A transient fault of an upstream system (agent, chain, pool, tails): 503 with Retry-After. The
+    record concerned stays as it was, retryable; a transient fault is never a final answer."""
+    return ApiError(503, f"{what}; nothing was decided, retry in a few seconds",
+                    headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 def not_found(what: str) -> ApiError:
@@ -34,11 +54,73 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 
 
 async def parse_body(request: web.Request, model: type[M]) -> M:
+    """The body as `model`, strictly: a JSON object (an empty body counts as `{}`) of at most
+    MAX_BODY_BYTES, in UTF-8, without duplicate keys or non-finite numbers, whose values have the JSON
+    types the model declares (no "2" for 2, no true for 1) and no fields it does not declare. Validated
+    with `input_context()`: what enters must also be valid today (e.g. a prescription's start)."""
+    raw = await _read_capped(request)
+    _check_json_object(raw or b"{}")
     try:
-        raw = await request.read()
-        return model.model_validate_json(raw or b"{}")
+        return model.model_validate_json(raw or b"{}", strict=True, extra="forbid", context=input_context())
     except ValidationError as exc:
         raise ApiError(422, "invalid request body", fields=field_problems(exc)) from None
+
+
+def _too_large() -> ApiError:
+    return ApiError(413, f"the request body is larger than {MAX_BODY_BYTES // 1024} KiB")
+
+
+async def _read_capped(request: web.Request) -> bytes:
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise _too_large()  # refused before a byte of it is read
+    raw = await request.read()  # a chunked body: aiohttp stops at client_max_size (1 MiB) with its own 413
+    if len(raw) > MAX_BODY_BYTES:
+        raise _too_large()
+    return raw
+
+
+def _body_problem(message: str) -> ApiError:
+    return ApiError(422, "invalid request body", fields=[{"field": "(body)", "message": message}])
+
+
+def _check_json_object(raw: bytes) -> None:
+    """What pydantic's JSON parser lets through: duplicate keys (the last would win), NaN and Infinity,
+    and a top level that is not an object (told as such, not as a type error of the model)."""
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        document = dict(items)
+        if len(document) != len(items):
+            seen: set[str] = set()
+            duplicate = next(key for key, _ in items if key in seen or seen.add(key))
+            raise ValueError(f"the key {duplicate[:60]!r} appears twice in one object")
+        return document
+
+    def finite(text: str) -> float:
+        number = float(text)
+        if not math.isfinite(number):
+            raise ValueError(f"the number {text[:40]} is out of range")
+        return number
+
+    def constant(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        document = json.loads(raw.decode("utf-8"), object_pairs_hook=pairs, parse_float=finite,
+                              parse_constant=constant)
+    except UnicodeDecodeError:
+        raise _body_problem("the body is not UTF-8 text") from None
+    except RecursionError:
+        raise _body_problem("the JSON is nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise _body_problem(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError as exc:
+        raise _body_problem(str(exc)) from None
+    if not isinstance(document, dict):
+        raise _body_problem(f"the body must be a JSON object, not {_json_kind(document)}")
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number")
 
 
 def field_problems(exc: ValidationError) -> list[dict[str, str]]:
@@ -75,7 +157,18 @@ def api_middlewares(authenticate: Authenticate, public_paths: Callable[[], set[s
         try:
             return await handler(request)
         except ApiError as exc:
-            return web.json_response({"error": exc.reason, **exc.extra}, status=exc.status)
+            return web.json_response({"error": exc.reason, **exc.extra}, status=exc.status, headers=exc.headers)
+        except UnreadableRecord as exc:
+            return web.json_response({"error": f"{exc}; it is set aside for the operator (./erx status)"},
+                                     status=409)
+        except AgentUnreachable as exc:  # every transient upstream fault is mapped here, in one place
+            LOG.warning("%s %s: %s", request.method, request.path, exc.reason)
+            exc = unavailable("the organisation's agent did not answer")
+            return web.json_response({"error": exc.reason}, status=503, headers=exc.headers)
+        except (ChainUnavailable, TransactionTimeout) as exc:
+            LOG.warning("%s %s: %s", request.method, request.path, exc)
+            exc = unavailable("the chain did not answer")
+            return web.json_response({"error": exc.reason}, status=503, headers=exc.headers)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise

@@ -34,7 +34,7 @@ from erx_core.events import Payload
 from erx_core.ids import RecordId
 from erx_core.recovery import SetAside
 from erx_core.webhooks import EventType
-from erx_roles.api import Api, WaitQuery
+from erx_roles.api import Api, Page, PageQuery, WaitQuery, read_page
 from erx_roles.connections import connection_api, require_active_connection
 from erx_roles.context import RoleContext
 from erx_roles.dispensing import ChainFacts, Presented, abandoned, decide, examine, shown
@@ -91,7 +91,8 @@ class StoredCheck(DispenseCheck):
 
 
 class TrustedPrescriber(BaseModel):
-    cred_def_id: str = Field(min_length=10, pattern=r"^[1-9A-HJ-NP-Za-km-z]{21,22}:3:CL:\d+:.+$")
+    cred_def_id: str = Field(max_length=160,
+                             pattern=r"^[1-9A-HJ-NP-Za-km-z]{21,22}:3:CL:[0-9]{1,12}:[A-Za-z0-9._-]{1,64}$")
     label: str = Field(default="", max_length=200)
 
 
@@ -434,10 +435,11 @@ class PharmacyService:
             `prescription.presented` / `prescription.refused` webhooks)."""
             return public(await self.request(body.connection_id))
 
-        @api.operation("GET", "/api/checks", summary="Dispensing history, newest first", tag=tag,
-                       response=list[DispenseCheck])
-        async def list_checks(_: web.Request) -> list[DispenseCheck]:
-            return [public(c) for c in self.checks.all()]
+        @api.operation("GET", "/api/checks", summary="Dispensing history, newest first", tag=tag, query=PageQuery,
+                       response=Page[DispenseCheck])
+        async def list_checks(_: web.Request, query: PageQuery) -> Page[DispenseCheck]:
+            page = read_page(self.checks, query)
+            return Page[DispenseCheck](items=[public(c) for c in page.items], next=page.next, total=page.total)
 
         @api.operation("GET", "/api/checks/{check_id}", tag=tag, query=WaitQuery, response=DispenseCheck,
                        summary="One check (long poll with ?wait= until verified or refused)", errors=(404,))
@@ -460,9 +462,9 @@ class PharmacyService:
             return await self._medication_dispense(check)
 
         @api.operation("GET", "/api/trusted-prescribers", summary="Prescribers (credential definitions) trusted here",
-                       tag=trust, response=list[TrustedPrescriber])
-        async def list_trusted_prescribers(_: web.Request) -> list[TrustedPrescriber]:
-            return list(self.trusted.all())
+                       tag=trust, query=PageQuery, response=Page[TrustedPrescriber])
+        async def list_trusted_prescribers(_: web.Request, query: PageQuery) -> Page[TrustedPrescriber]:
+            return read_page(self.trusted, query)
 
         @api.operation("POST", "/api/trusted-prescribers", summary="Trust a prescriber's credential definition",
                        tag=trust, body=TrustedPrescriber, response=TrustedPrescriber, status=201,

@@ -49,7 +49,7 @@ async def build_app(network: Network, agent_name: str) -> web.Application:
 
     async def health(_: web.Request) -> web.Response:
         # records start-up recovery set aside: the controller runs, the operator has to look at them
-        attention = getattr(service, "needs_attention", {})
+        attention = {**getattr(service, "needs_attention", {}), **ctx.store.unreadable()}
         return json_response({"status": "ok", "role": role, "agent": agent_name, "needs_attention": attention})
 
     operator_token = network.secrets.controller_api_key(agent_name)
@@ -76,7 +76,7 @@ async def build_app(network: Network, agent_name: str) -> web.Application:
     async def background(_: web.Application):
         await ctx.outbox.start()
         housekeeping = asyncio.create_task(service.expire_stale_forever()) \
-            if isinstance(service, PharmacyService) else None
+            if isinstance(service, (PharmacyService, DoctorService)) else None
         yield
         if housekeeping is not None:
             housekeeping.cancel()

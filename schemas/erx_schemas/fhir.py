@@ -27,7 +27,7 @@ from fhir.resources.R4B.resource import Resource
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from erx_schemas.prescription import (Medication, Prescriber, PrescriptionOrder, PresentedPrescription,
-                                      RevealedPrescription)
+                                      RevealedPrescription, input_context)
 
 __all__ = ["FhirMappingError", "FhirProblem", "medication_dispense", "medication_request_from_order",
            "order_from_medication_request"]
@@ -63,8 +63,12 @@ _MAX_QUANTITY = 1000
 _TX_HASH = re.compile(r"^0x[0-9a-fA-F]{64}$")
 
 # "400 mg", "100 mg/5 mL", "20 mg/mL", "0.1 %": what a Ratio can hold without guessing. A unit starts
-# with a letter, %, [ or { (UCUM), and never contains / or + (those would be a second amount).
-_NUMBER = r"\d+(?:\.\d+)?"
+# with a letter, %, [ or { (UCUM), and never contains / or + (those would be a second amount). Digits are
+# ASCII: other scripts' digits travel as text, verbatim.
+_NUMBER = r"[0-9]+(?:\.[0-9]+)?"
+# A FHIR decimal is a JSON number, which readers (and fhir.resources) hold as a binary double: more
+# significant digits than a double keeps exactly would change the amount on the way.
+_MAX_SIGNIFICANT_DIGITS = 15
 _UNIT = r"(?:[^\W\d_]|[%\[{])[^/+]*?"
 _STRENGTH = re.compile(rf"(?P<num>{_NUMBER})\s*(?P<num_unit>{_UNIT})\s*"
                        rf"(?:/\s*(?:(?P<den>{_NUMBER})\s*)?(?P<den_unit>{_UNIT}))?")
@@ -117,9 +121,14 @@ def order_from_medication_request(resource: dict) -> PrescriptionOrder:
     if reading.problems:
         raise FhirMappingError(reading.problems)
     try:
-        return PrescriptionOrder.model_validate(reading.order_input())
+        return PrescriptionOrder.model_validate(reading.order_input(), context=input_context())
     except ValidationError as exc:
         raise FhirMappingError([reading.problem_for(error) for error in exc.errors()]) from None
+
+
+# Where an order field that the request left out (and the order defaulted) would have been given.
+_DEFAULTED_PATHS = {"valid_from": "MedicationRequest.dispenseRequest.validityPeriod.start",
+                    "valid_until": "MedicationRequest.dispenseRequest.validityPeriod.end"}
 
 
 class _Reading:
@@ -150,7 +159,7 @@ class _Reading:
     def problem_for(self, error: Any) -> FhirProblem:
         """A PrescriptionOrder validation error, told at the FHIR element the value came from."""
         field = ".".join(str(part) for part in error["loc"])
-        path = self.paths.get(field, "MedicationRequest")
+        path = self.paths.get(field) or _DEFAULTED_PATHS.get(field, "MedicationRequest")
         message = _clean_message(error["msg"])
         return FhirProblem(path=path, message=f"{message} (order field {field})" if field else message)
 
@@ -214,7 +223,8 @@ def _read_patient_name(patient: Any, path: str, reading: _Reading) -> None:
         reading.problem(f"{path}.name", "the patient's name is needed (checked at the counter)")
         return
     j, name = min(names, key=lambda item: rank.get(item[1].use, 2))
-    text = (name.text or " ".join([*(name.given or []), name.family or ""])).strip()
+    # as written: the order's rules refuse stray whitespace rather than have it trimmed here
+    text = name.text if name.text is not None else " ".join([*(name.given or []), *filter(None, [name.family])])
     if not text:
         reading.problem(f"{path}.name[{j}]", "the name has neither text nor given and family names")
         return
@@ -571,6 +581,12 @@ def _strength_ratio(medication: Medication) -> dict[str, Any]:
         denominator = {"value": 1, "unit": medication.form}
     else:
         denominator = {"value": Decimal(match["den"] or 1), "unit": match["den_unit"]}
+    if any(len(value["value"].normalize().as_tuple().digits) > _MAX_SIGNIFICANT_DIGITS
+           for value in (numerator, denominator) if isinstance(value["value"], Decimal)):
+        raise FhirMappingError([FhirProblem(
+            path="PrescriptionOrder.medication.strength",
+            message=f"{strength!r} has more than {_MAX_SIGNIFICANT_DIGITS} significant digits, more than a FHIR "
+                    f"decimal carries exactly")])
     return {"numerator": numerator, "denominator": denominator}
 
 

@@ -13,12 +13,15 @@ from __future__ import annotations
 import datetime as dt
 import re
 import time
+import unicodedata
 import uuid
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 from eth_account import Account
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, SecretStr, StringConstraints, ValidationError,
+                      ValidationInfo, field_validator, model_validator)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 SCHEMA_NAME = "erx-prescription"
 SCHEMA_VERSION = "1.0"
@@ -55,6 +58,122 @@ CODE_SYSTEMS = {"ATC", "PZN", "RXNORM", "SNOMED", "EAN"}
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _PRIVATE_KEY = re.compile(r"^0x[0-9a-fA-F]{64}$")
 
+# -- the rules every prescription follows -------------------------------------------------------------
+# One set of rules, checked where a prescription enters (JSON API, web form, FHIR MedicationRequest) and
+# again wherever it is read (stored records, credential attributes, the pharmacy's dispense record). They
+# are a subset of what every later mapping accepts: AnonCreds attribute strings, FHIR R4 `string`, `code`
+# and `date`, and the token contract's validity window. docs/prescription-credential.md, "Rules".
+
+# What a code is in each code system. The exact form only: nothing is upper-cased, trimmed or joined.
+CODE_FORMATS: dict[str, tuple[re.Pattern[str], str]] = {
+    "ATC": (re.compile(r"[ABCDGHJLMNPRSV][0-9]{2}[A-Z]{2}[0-9]{2}"),
+            "a full 7-character ATC substance code (level 5), upper case, e.g. M01AE01"),
+    "PZN": (re.compile(r"[0-9]{8}"), "8 digits (PZN-8), e.g. 01234567"),
+    "RXNORM": (re.compile(r"[1-9][0-9]{0,9}"), "an RxCUI: 1 to 10 digits, no leading zero, e.g. 197806"),
+    "SNOMED": (re.compile(r"[1-9][0-9]{5,17}"), "a SNOMED CT concept id: 6 to 18 digits, no leading zero"),
+    "EAN": (re.compile(r"[0-9]{8}|[0-9]{13}"), "an EAN/GTIN of 8 or 13 digits"),
+}
+
+# The token contract keeps the validity window as uint32 unix seconds (contracts/src/PrescriptionToken.sol),
+# from the start of valid_from to the end of valid_until (UTC): these are the days it can hold.
+FIRST_VALID_DAY = dt.date(1970, 1, 1)
+LAST_VALID_DAY = (dt.datetime.fromtimestamp(2**32, dt.UTC) - dt.timedelta(days=1)).date()  # 2106-02-06
+# How long a prescription may be valid: valid_until - valid_from. A constant, not a setting: it holds for
+# every order the schema reads (a lower limit set later would make stored prescriptions unreadable).
+MAX_VALIDITY_DAYS = 365
+DEFAULT_VALIDITY_DAYS = 28  # valid_until when none is given, as in the web form
+# valid_from may lie this many days before today, for senders whose calendar is behind the server's.
+VALID_FROM_TOLERANCE_DAYS = 1
+FIRST_BIRTH_DATE = dt.date(1900, 1, 1)
+
+# Validation context of data entering from outside (API bodies, forms, FHIR): its value is "today".
+# Only such input must start today (or yesterday); a stored prescription was checked when it came in.
+INPUT = "erx_input"
+
+# Bidirectional embeddings, overrides and isolates can make a text display as something else.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_UUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_ATTRIBUTE_NUMBER = re.compile(r"0|[1-9][0-9]{0,19}")
+_ATTRIBUTE_DATE = re.compile(r"[0-9]{8}")
+
+
+def input_context(today: dt.date | None = None) -> dict[str, Any]:
+    """The validation context for input: `Model.model_validate_json(raw, context=input_context())`."""
+    return {INPUT: today or dt.date.today()}
+
+
+def _input_today(info: ValidationInfo) -> dt.date | None:
+    context = info.context
+    today = context.get(INPUT) if isinstance(context, dict) else None
+    return today if isinstance(today, dt.date) else None
+
+
+def _char(ch: str) -> str:
+    name = unicodedata.name(ch, "")
+    return f"U+{ord(ch):04X}" + (f" {name}" if name else "")
+
+
+def text_problem(value: str) -> str | None:
+    """Why `value` is no acceptable free text, or None. Free text is what a person reads (names,
+    strength, form, dosage): printable characters, words separated by single spaces."""
+    for i, ch in enumerate(value, start=1):
+        if ch == " ":
+            continue
+        if ch.isspace():
+            return (f"contains {_char(ch)} at position {i}: the only whitespace allowed is a single space "
+                    f"between words (no tabs, line breaks or non-breaking spaces)")
+        category = unicodedata.category(ch)
+        if category == "Cc":
+            return f"contains the control character {_char(ch)} at position {i}"
+        if category == "Cs":
+            return f"contains an unpaired surrogate ({_char(ch)}) at position {i}: not valid Unicode text"
+        if ch in _BIDI_CONTROLS:
+            return f"contains the bidirectional control character {_char(ch)} at position {i}"
+    if value[:1] == " " or value[-1:] == " ":
+        return "must not begin or end with a space"
+    if "  " in value:
+        return f"contains two spaces in a row at position {value.index('  ') + 1}"
+    return None
+
+
+def _checked_text(value: str) -> str:
+    problem = text_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def code_problem(code_system: str, code: str) -> str | None:
+    """Why `code` is no code of `code_system`, or None."""
+    pattern, expected = CODE_FORMATS[code_system]
+    if pattern.fullmatch(code):
+        return None
+    if any(ch.isspace() for ch in code):
+        return f"{code_system} codes contain no spaces or other whitespace: {expected}"
+    if code_system == "ATC" and pattern.fullmatch(code.upper()):
+        return f"ATC codes are upper case ({code.upper()}, not {code}): {expected}"
+    return f"not a {code_system} code: {expected}"
+
+
+def _not_before_1900(value: dt.date) -> dt.date:
+    if value < FIRST_BIRTH_DATE:
+        raise ValueError(f"a birth date must not be before {FIRST_BIRTH_DATE.isoformat()}")
+    return value
+
+
+def _rule_error(title: str, problems: list[tuple[tuple[str | int, ...], str, Any]]) -> ValidationError:
+    """A ValidationError whose errors are located at the fields concerned (not at the whole model)."""
+    return ValidationError.from_exception_data(title, [
+        InitErrorDetails(type=PydanticCustomError("prescription_rule", "{message}", {"message": message}),
+                         loc=loc, input=value)
+        for loc, message, value in problems])
+
+
+# Free text: at least one character, a length cap per field, the rules of `text_problem`.
+Text = Annotated[str, AfterValidator(_checked_text)]
+BirthDate = Annotated[dt.date, AfterValidator(_not_before_1900)]
+PrescriptionId = Annotated[str, StringConstraints(pattern=_UUID, max_length=36)]
+
 
 def yyyymmdd(day: dt.date) -> int:
     return day.year * 10000 + day.month * 100 + day.day
@@ -66,13 +185,14 @@ def from_yyyymmdd(value: int | str) -> dt.date:
 
 
 class Medication(BaseModel):
-    model_config = ConfigDict(str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
-    code: str = Field(min_length=1, max_length=40)
-    code_system: str = Field(default="ATC", description=f"one of {sorted(CODE_SYSTEMS)}")
-    strength: str = Field(min_length=1, max_length=60, examples=["400 mg"])
-    form: str = Field(min_length=1, max_length=60, examples=["tablet"])
+    name: Text = Field(min_length=1, max_length=200)
+    code: str = Field(min_length=1, max_length=40, description="in the form of its code system: "
+                      + "; ".join(f"{system}: {expected}" for system, (_, expected) in CODE_FORMATS.items()))
+    code_system: str = Field(default="ATC", max_length=10, description=f"one of {sorted(CODE_SYSTEMS)}")
+    strength: Text = Field(min_length=1, max_length=60, examples=["400 mg"])
+    form: Text = Field(min_length=1, max_length=60, examples=["tablet"])
 
     @field_validator("code_system")
     @classmethod
@@ -81,40 +201,78 @@ class Medication(BaseModel):
             raise ValueError(f"unknown code system {v!r}; use one of {sorted(CODE_SYSTEMS)}")
         return v.upper()
 
+    @model_validator(mode="after")
+    def _code_of_its_system(self) -> Medication:
+        problem = code_problem(self.code_system, self.code)
+        if problem:
+            raise _rule_error("Medication", [(("code",), problem, self.code)])
+        return self
+
 
 class PrescriptionOrder(BaseModel):
     """What a doctor fills in. Everything the credential needs except the token, which the doctor's
     controller creates."""
 
-    model_config = ConfigDict(str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid")
 
-    patient_name: str = Field(min_length=1, max_length=200)
-    patient_birth_date: dt.date
+    patient_name: Text = Field(min_length=1, max_length=200)
+    patient_birth_date: BirthDate
     medication: Medication
-    dosage_instructions: str = Field(min_length=1, max_length=500)
+    dosage_instructions: Text = Field(min_length=1, max_length=500)
     quantity: int = Field(ge=1, le=1000)
     redemptions: int = Field(default=1, ge=1, le=12)
-    valid_from: dt.date | None = None  # default: today
-    valid_until: dt.date | None = None  # default: valid_from + 28 days
+    valid_from: dt.date | None = Field(default=None, description="default: today. Input must not be before "
+                                       f"yesterday ({VALID_FROM_TOLERANCE_DAYS} day's tolerance for time zones)")
+    valid_until: dt.date | None = Field(default=None, description=f"default: valid_from + {DEFAULT_VALIDITY_DAYS} "
+                                        f"days; at most {MAX_VALIDITY_DAYS} days after valid_from")
+
+    @field_validator("patient_birth_date")
+    @classmethod
+    def _born(cls, v: dt.date, info: ValidationInfo) -> dt.date:
+        if v > (_input_today(info) or dt.date.today()):
+            raise ValueError("patient_birth_date is in the future")
+        return v
+
+    @field_validator("valid_from", "valid_until")
+    @classmethod
+    def _on_chain(cls, v: dt.date | None, info: ValidationInfo) -> dt.date | None:
+        if v is None:
+            return v
+        if not FIRST_VALID_DAY <= v <= LAST_VALID_DAY:
+            raise ValueError(f"{info.field_name} must be from {FIRST_VALID_DAY.isoformat()} to "
+                             f"{LAST_VALID_DAY.isoformat()} (the days the token's validity window can hold)")
+        today = _input_today(info)
+        earliest = today - dt.timedelta(days=VALID_FROM_TOLERANCE_DAYS) if today else None
+        if info.field_name == "valid_from" and earliest and v < earliest:
+            raise ValueError(f"valid_from {v.isoformat()} is in the past: a prescription starts today or later "
+                             f"(not before {earliest.isoformat()})")
+        return v
 
     @model_validator(mode="after")
-    def _window(self) -> PrescriptionOrder:
-        today = dt.date.today()
+    def _window(self, info: ValidationInfo) -> PrescriptionOrder:
         if self.valid_from is None:
-            self.valid_from = today
+            self.valid_from = _input_today(info) or dt.date.today()
         if self.valid_until is None:
-            self.valid_until = self.valid_from + dt.timedelta(days=28)
+            self.valid_until = self.valid_from + dt.timedelta(days=DEFAULT_VALIDITY_DAYS)
+        latest = self.valid_from + dt.timedelta(days=MAX_VALIDITY_DAYS)
+        problem = None
         if self.valid_until < self.valid_from:
-            raise ValueError("valid_until must not be before valid_from")
-        if self.patient_birth_date > today:
-            raise ValueError("patient_birth_date is in the future")
+            problem = "valid_until must not be before valid_from"
+        elif self.valid_until > latest:
+            problem = (f"valid_until must be at most {MAX_VALIDITY_DAYS} days after valid_from "
+                       f"({latest.isoformat()})")
+        elif self.valid_until > LAST_VALID_DAY:  # only a default can get here: a given one is checked above
+            problem = (f"valid_until (valid_from + {DEFAULT_VALIDITY_DAYS} days) must not be after "
+                       f"{LAST_VALID_DAY.isoformat()} (the last day the token's validity window can hold)")
+        if problem:
+            raise _rule_error("PrescriptionOrder", [(("valid_until",), problem, self.valid_until)])
         return self
 
 
 class TokenRef(BaseModel):
     """Where a prescription's redemption token lives, and the one-time key that controls it."""
 
-    chain_id: int
+    chain_id: int = Field(ge=1, le=2**63 - 1)
     contract: str
     secret_key: SecretStr
 
@@ -139,15 +297,16 @@ class TokenRef(BaseModel):
 
 
 class Prescriber(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
-    identifier: str = Field(min_length=1, max_length=60, description="e.g. the national physician number")
+    name: Text = Field(min_length=1, max_length=200)
+    identifier: str = Field(min_length=1, max_length=60, pattern=r"^[!-~]+$",
+                            description="e.g. the national physician number: printable ASCII, no spaces")
 
 
 class Prescription(BaseModel):
     """The credential's content, typed. `to_attributes()` / `from_attributes()` convert to and from the
     AnonCreds string attributes."""
 
-    prescription_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    prescription_id: PrescriptionId = Field(default_factory=lambda: str(uuid.uuid4()))
     order: PrescriptionOrder
     prescriber: Prescriber
     issue_date: dt.date = Field(default_factory=dt.date.today)
@@ -183,13 +342,30 @@ class Prescription(BaseModel):
 class PresentedPrescription(BaseModel):
     """What a pharmacy may keep and show of a presentation: everything revealed but the token."""
 
-    prescription_id: str = Field(min_length=1)
-    patient_name: str
-    patient_birth_date: dt.date
+    prescription_id: PrescriptionId
+    patient_name: Text = Field(min_length=1, max_length=200)
+    patient_birth_date: BirthDate
     medication: Medication
-    dosage_instructions: str
-    quantity: int
+    dosage_instructions: Text = Field(min_length=1, max_length=500)
+    quantity: int = Field(ge=1, le=1000)
     prescriber: Prescriber
+
+
+def _attribute_number(raw: dict[str, str], name: str) -> int:
+    value = raw[name]
+    if not isinstance(value, str) or not _ATTRIBUTE_NUMBER.fullmatch(value):
+        raise ValueError(f"attribute {name} is not a whole number in decimal digits")
+    return int(value)
+
+
+def _attribute_date(raw: dict[str, str], name: str) -> dt.date:
+    value = raw[name]
+    try:
+        if not isinstance(value, str) or not _ATTRIBUTE_DATE.fullmatch(value):
+            raise ValueError
+        return from_yyyymmdd(value)
+    except ValueError:
+        raise ValueError(f"attribute {name} is not a date (YYYYMMDD)") from None
 
 
 class RevealedPrescription(PresentedPrescription):
@@ -199,20 +375,25 @@ class RevealedPrescription(PresentedPrescription):
 
     @classmethod
     def from_attributes(cls, raw: dict[str, str]) -> RevealedPrescription:
+        """Reads the attributes as `Prescription.to_attributes()` writes them, and nothing looser: a
+        ValueError (or ValidationError, one) names what is wrong."""
         missing = [a for a in REVEALED_FOR_DISPENSING if a not in raw]
         if missing:
             raise ValueError(f"presentation lacks attributes {missing}")
+        not_text = [a for a in REVEALED_FOR_DISPENSING if not isinstance(raw[a], str)]
+        if not_text:
+            raise ValueError(f"attributes {not_text} are not strings")
         return cls(
             prescription_id=raw["prescription_id"],
             patient_name=raw["patient_name"],
-            patient_birth_date=from_yyyymmdd(raw["patient_birth_date"]),
+            patient_birth_date=_attribute_date(raw, "patient_birth_date"),
             medication=Medication(name=raw["medication_name"], code=raw["medication_code"],
                                   code_system=raw["medication_code_system"],
                                   strength=raw["medication_strength"], form=raw["medication_form"]),
             dosage_instructions=raw["dosage_instructions"],
-            quantity=int(raw["quantity"]),
+            quantity=_attribute_number(raw, "quantity"),
             prescriber=Prescriber(name=raw["prescriber_name"], identifier=raw["prescriber_id"]),
-            token=TokenRef(chain_id=int(raw["token_chain_id"]), contract=raw["token_contract"],
+            token=TokenRef(chain_id=_attribute_number(raw, "token_chain_id"), contract=raw["token_contract"],
                            secret_key=SecretStr(raw["token_secret_key"])),
         )
 

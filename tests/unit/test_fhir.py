@@ -98,15 +98,15 @@ def test_user_selected_coding_wins(request_json):
     assert (order.medication.code_system, order.medication.code) == ("ATC", "M01AE01")
 
 
-@pytest.mark.parametrize("uri, system", [
-    ("urn:oid:1.3.160", "EAN"),
-    ("https://www.gs1.org/gtin", "EAN"),
-    ("http://www.nlm.nih.gov/research/umls/rxnorm", "RXNORM"),
-    ("http://snomed.info/sct", "SNOMED"),
+@pytest.mark.parametrize("uri, system, code", [
+    ("urn:oid:1.3.160", "EAN", "4012345678901"),
+    ("https://www.gs1.org/gtin", "EAN", "40123455"),
+    ("http://www.nlm.nih.gov/research/umls/rxnorm", "RXNORM", "197806"),
+    ("http://snomed.info/sct", "SNOMED", "322236009"),
 ])
-def test_code_system_uris(request_json, uri, system):
-    order = order_from_medication_request(codings(request_json, {"system": uri, "code": "4012345678901"}))
-    assert order.medication.code_system == system
+def test_code_system_uris(request_json, uri, system, code):
+    order = order_from_medication_request(codings(request_json, {"system": uri, "code": code}))
+    assert (order.medication.code_system, order.medication.code) == (system, code)
 
 
 def test_name_falls_back_to_the_display_of_the_chosen_coding(request_json):

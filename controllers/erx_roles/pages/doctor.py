@@ -17,7 +17,7 @@ from erx_roles.doctor import DoctorService, IssueRequest, PrescriptionState
 from erx_roles.http import ApiError, not_found
 from erx_roles.invitations import ShortLinks
 from erx_roles.pages.web import LiveHub, flash, fragment, render, see_other, text_fields
-from erx_schemas.prescription import CODE_SYSTEMS
+from erx_schemas.prescription import CODE_SYSTEMS, input_context
 
 LISTED = 50
 # form field -> where it goes in the API's IssueRequest
@@ -49,7 +49,7 @@ def issue_request_from_form(form) -> tuple[IssueRequest | None, dict[str, str]]:
                 target = target[part]
             target[path[-1]] = value
     try:
-        return IssueRequest.model_validate(doc), {}
+        return IssueRequest.model_validate(doc, context=input_context()), {}
     except ValidationError as exc:
         errors: dict[str, str] = {}
         for e in exc.errors(include_url=False, include_input=False):
