@@ -46,6 +46,7 @@ from erx_schemas.prescription import Refusal, RefusalReason, RevealedPrescriptio
 LOG = logging.getLogger("erx.pharmacy")
 PROOF_TOPIC = "present_proof_v2_0"
 FINAL = ("dispensed", "refused")
+RESETTLE_EVERY_S = 15.0  # how soon a check a transient fault interrupted is settled again
 
 
 class CheckState(StrEnum):
@@ -181,15 +182,22 @@ class PharmacyService:
         return expired
 
     async def expire_stale_forever(self) -> None:
-        """The housekeeping loop the controller runs: a timer, since no event announces a timeout."""
+        """The housekeeping loop the controller runs: a timer, since no event announces a timeout.
+        It also settles again what a transient fault interrupted (the chain or agent down when a
+        presentation arrived), so such a check ends by its facts, not by a timeout."""
         interval = min(self.limits.unanswered_after_s, self.limits.undispensed_after_s, 240) / 4
         while True:
+            await asyncio.sleep(min(interval, RESETTLE_EVERY_S))
             try:
+                for check in list(self.checks.find_all("state", CheckState.REQUESTED)):
+                    try:
+                        await self._recover_request(check)
+                    except (AdminApiError, ChainError) as exc:  # still down: next round
+                        LOG.warning("check %s not settled yet: %s", check.check_id, exc)
                 if expired := await self.expire_stale():
                     LOG.info("%d check(s) timed out", len(expired))
             except Exception:  # e.g. the agent is restarting: try again next round
-                LOG.exception("expiring stale checks failed")
-            await asyncio.sleep(interval)
+                LOG.exception("housekeeping of checks failed")
 
     # -- asking for a prescription ----------------------------------------------------------------
     def proof_request(self) -> dict:
@@ -229,7 +237,9 @@ class PharmacyService:
             if exchange.state == PresExState.PRESENTATION_RECEIVED:
                 await self._verify(check)
             elif exchange.state == PresExState.DONE and exchange.verified is not None:
-                await self._verify(check, verified=exchange)  # verified by the agent before a restart
+                # verified before a crash or a transient fault: decide from the agent's full record (a
+                # webhook's payload does not carry the presentation itself)
+                await self._verify(check, verified=await self.ctx.admin.presentation_exchange(check.pres_ex_id))
             elif exchange.state == PresExState.ABANDONED:
                 refusal = abandoned(exchange.error_msg)
                 await self._refuse(check, refusal.reason, refusal.detail)
@@ -241,9 +251,9 @@ class PharmacyService:
         if record is None:
             try:
                 record = await self.ctx.admin.verify_presentation(check.pres_ex_id)
-            except AgentUnreachable:
-                raise
             except AdminApiError as exc:
+                if isinstance(exc, AgentUnreachable) or exc.status >= 500:
+                    raise  # transient (agent restarting, ledger unreachable): settled again later
                 await self._refuse(check, RefusalReason.INVALID_PRESENTATION, exc.reason)
                 return
         presented = examine(record.request, record.presentation, record.verified,
