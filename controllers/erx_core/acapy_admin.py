@@ -244,6 +244,10 @@ class AcaPyAdmin:
                 raise TimeoutError(f"agent at {self.base_url} not ready after {timeout_s:.0f} s")
             await asyncio.sleep(0.25)
 
+    async def plugins(self) -> list[str]:
+        """The plugin modules the agent loaded."""
+        return list((await self._get("/plugins")).get("result") or [])
+
     async def public_did(self) -> PublicDid | None:
         result = (await self._get("/wallet/did/public")).get("result")
         return PublicDid.model_validate(result) if result else None
