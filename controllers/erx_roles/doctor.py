@@ -247,7 +247,10 @@ class DoctorService:
             try:
                 await waiter.wait(timeout_s)
             except EventTimeout:
-                pass  # still offered: the patient has not accepted yet
+                return self._get(prescription_id)  # still offered: the patient has not accepted yet
+            # the event may still be being settled (a decline cancels the token first): wait for that
+            async with self._lock(prescription_id):
+                pass
         return self._get(prescription_id)
 
     # -- revoking ---------------------------------------------------------------------------------
