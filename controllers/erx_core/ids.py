@@ -18,9 +18,9 @@ UUID_RE = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-f
 INDY_DID_RE = rf"^{_B58}{{21,22}}$"
 _TAG = r"[A-Za-z0-9._-]{1,64}"
 SCHEMA_ID_RE = rf"^{_B58}{{21,22}}:2:[A-Za-z0-9._-]{{1,64}}:[0-9.]{{1,16}}$"
-CRED_DEF_ID_RE = rf"^{_B58}{{21,22}}:3:CL:\d{{1,12}}:{_TAG}$"
-REV_REG_ID_RE = rf"^{_B58}{{21,22}}:4:{_B58}{{21,22}}:3:CL:\d{{1,12}}:{_TAG}:CL_ACCUM:{_TAG}$"
-CRED_REV_ID_RE = r"^\d{1,12}$"
+CRED_DEF_ID_RE = rf"^{_B58}{{21,22}}:3:CL:[0-9]{{1,12}}:{_TAG}$"
+REV_REG_ID_RE = rf"^{_B58}{{21,22}}:4:{_B58}{{21,22}}:3:CL:[0-9]{{1,12}}:{_TAG}:CL_ACCUM:{_TAG}$"
+CRED_REV_ID_RE = r"^[0-9]{1,12}$"  # ASCII digits: \d would match any script
 
 # ACA-Py's record ids (connections, exchanges, out-of-band records, wallet credentials) are UUIDs;
 # so are the controllers' own record ids (prescriptions, checks, integrators, subscriptions).

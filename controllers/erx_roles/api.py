@@ -206,7 +206,8 @@ class Api:
             else:
                 responses[str(op.status)] = {"description": STATUS_TEXT.get(op.status, "OK"), "content": {
                     "application/json": {"schema": by_key[((op.operation_id, "out"), "serialization")]}}}
-            codes = set(op.errors) | ({422} if op.body or op.query else set()) | (set() if op.public else {401})
+            codes = set(op.errors) | ({422} if op.body or op.query or op.path_params else set()) \
+                | (set() if op.public else {401})
             if op.operator_only or op.scope:
                 codes.add(403)
             for code in sorted(codes):

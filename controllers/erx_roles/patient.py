@@ -19,7 +19,9 @@ from aiohttp import web
 from pydantic import BaseModel, Field, computed_field
 
 from erx_core.acapy_admin import AdminApiError, CredentialExchange, CredExState, PresentationExchange, PresExState
+from erx_core import ids
 from erx_core.events import Payload
+from erx_core.ids import RecordId
 from erx_roles.context import RoleContext
 from erx_roles.http import ApiError, json_response, not_found, parse_body
 from erx_roles.invitations import invitation_from_url
@@ -32,15 +34,15 @@ PROOF_TOPIC = "present_proof_v2_0"
 class OpenInvitation(BaseModel):
     invitation_url: str = Field(min_length=10, max_length=20000)
     # present this credential (wallet referent) if the invitation carries a proof request
-    credential_id: str | None = None
+    credential_id: RecordId | None = None
 
 
 class Share(BaseModel):
-    credential_id: str = Field(min_length=1)
+    credential_id: RecordId
 
 
 class Approve(BaseModel):
-    credential_id: str | None = None
+    credential_id: RecordId | None = None
 
 
 class HeldCredential(BaseModel):
@@ -326,11 +328,18 @@ class PatientService:
         async def share(request: web.Request) -> web.Response:
             """Choose the prescription to present when this connection next asks for one."""
             body = await parse_body(request, Share)
+            if not ids.is_valid("record", request.match_info["connection_id"]):
+                raise ApiError(422, "invalid path parameter",
+                               fields=[{"field": "connection_id", "message": "not a valid record id"}])
             self._chosen[request.match_info["connection_id"]] = body.credential_id
             return json_response({"connection_id": request.match_info["connection_id"], **body.model_dump()})
 
         async def credentials(request: web.Request) -> web.Response:
-            return json_response(await self.credentials(request.query.get("prescription_id")))
+            prescription_id = request.query.get("prescription_id")
+            if prescription_id is not None and not ids.is_valid("record", prescription_id):
+                raise ApiError(422, "invalid query parameters",
+                               fields=[{"field": "prescription_id", "message": "not a valid record id"}])
+            return json_response(await self.credentials(prescription_id))
 
         async def offers(_: web.Request) -> web.Response:
             return json_response(await self.offers())

@@ -31,7 +31,7 @@ from erx_contracts.errors import (AlreadySpent, BadSignature, Cancelled, ChainEr
                                   StaleSignature, TransactionDropped, UnknownToken)
 from erx_core.acapy_admin import AdminApiError, AgentUnreachable, PresentationExchange, PresExState
 from erx_core.events import Payload
-from erx_core.ids import RecordId
+from erx_core.ids import CredDefId, RecordId
 from erx_core.recovery import SetAside
 from erx_core.webhooks import EventType
 from erx_roles.api import Api, Page, PageQuery, WaitQuery, read_page
@@ -92,8 +92,10 @@ class StoredCheck(DispenseCheck):
 
 
 class TrustedPrescriber(BaseModel):
-    cred_def_id: str = Field(max_length=160,
-                             pattern=r"^[1-9A-HJ-NP-Za-km-z]{21,22}:3:CL:[0-9]{1,12}:[A-Za-z0-9._-]{1,64}$")
+    model_config = ConfigDict(extra="forbid")
+
+    # the same format the DELETE path parameter is checked against: whatever is added can be removed
+    cred_def_id: CredDefId
     label: str = Field(default="", max_length=200)
 
 

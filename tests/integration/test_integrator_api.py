@@ -52,8 +52,9 @@ async def operator(network: Network):
     await s.close()
 
 
-async def new_integrator(network: Network, operator: Scenario, organisation: str, name: str) -> Integrator:
-    created = await operator.client(organisation).post("/api/integrators", {"name": name})
+async def new_integrator(network: Network, operator: Scenario, organisation: str, name: str,
+                         scopes: tuple[str, ...] = ()) -> Integrator:
+    created = await operator.client(organisation).post("/api/integrators", {"name": name, "scopes": list(scopes)})
     return Integrator(network, organisation, created)
 
 
@@ -66,7 +67,8 @@ async def practice(network: Network, operator: Scenario):
 
 @pytest.fixture(scope="module")
 async def pharmacy_system(network: Network, operator: Scenario):
-    integrator = await new_integrator(network, operator, PHARMACY, "Pharmacy system")
+    # the pharmacy chain's system keeps its trust list: it holds the trust-list scope
+    integrator = await new_integrator(network, operator, PHARMACY, "Pharmacy system", scopes=("trust-list",))
     yield integrator
     await integrator.client.close()
 
@@ -255,6 +257,19 @@ async def test_requests_need_a_valid_integrator_token(network: Network, operator
         await practice.client.post("/api/integrators", {"name": "sneaky"})
     assert refused.value.status == 403
 
+    # the trust list is read by any pharmacy integrator, changed only with the trust-list scope
+    till = await new_integrator(network, operator, PHARMACY, "Till software")
+    try:
+        listed = await till.client.get("/api/trusted-prescribers")
+        with pytest.raises(ControllerApiError) as refused:
+            await till.client.post("/api/trusted-prescribers",
+                                   {"cred_def_id": "Th7MpTaRZVRYnPiabds81Y:3:CL:12:rogue", "label": "rogue"})
+        assert refused.value.status == 403 and "trust-list" in refused.value.body["error"]
+        assert await till.client.get("/api/trusted-prescribers") == listed
+    finally:
+        await operator.client(PHARMACY).request("DELETE", f"/api/integrators/{till.id}")
+        await till.client.close()
+
     # each integrator sees only its own subscriptions; revoking an integrator ends its token and its webhooks
     short_lived = await new_integrator(network, operator, DOCTOR, "Short-lived")
     try:
@@ -373,7 +388,7 @@ async def test_presentation_arriving_while_the_pharmacy_controller_is_down_is_ch
 # The operator may do what no integrator may (manage integrators, change the trust list, see every
 # webhook subscription): its run fuzzes those operations only, where its token changes what the
 # controller does; everything else answers an operator as it answers an integrator and is fuzzed in
-# the integrator's run. That keeps the operator's run to a few seconds per controller.
+# the integrator's run. That keeps the operator's run to a fraction of the integrator's.
 OPERATOR_PATHS = r"^/api/(integrators|trusted-prescribers|webhooks)"
 
 

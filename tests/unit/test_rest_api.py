@@ -133,7 +133,7 @@ async def test_the_openapi_document_describes_every_operation_from_its_models(tm
     assert [(p["name"], p["in"], p["required"]) for p in get["parameters"]] == \
         [("thing_id", "path", True), ("wait", "query", False)]
     assert get["parameters"][1]["schema"]["maximum"] == 60
-    assert set(doc["paths"]["/api/things/{thing_id}"]["delete"]["responses"]) == {"204", "401", "403"}
+    assert set(doc["paths"]["/api/things/{thing_id}"]["delete"]["responses"]) == {"204", "401", "403", "422"}  # 422: a malformed id
     created = doc["paths"]["/api/integrators"]["post"]["responses"]["201"]["content"]["application/json"]
     assert "token" in doc["components"]["schemas"][created["schema"]["$ref"].split("/")[-1]]["properties"]
     assert doc["components"]["schemas"]["ErrorBody"]["required"] == ["error"]
