@@ -16,6 +16,7 @@ displayable way, and the struct hash keeps fields from being shifted between eac
 """
 
 import asyncio
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import Web3Exception
 from web3.middleware import ExtraDataToPOAMiddleware
+from web3.providers.rpc.utils import REQUEST_RETRY_ALLOWLIST, ExceptionRetryConfiguration
 
 from erx_contracts.artifact import load_artifact
 from erx_contracts.config import ChainConfig, ChecksumAddress
@@ -42,13 +44,15 @@ from erx_contracts.errors import (
     ChainError,
     ChainUnavailable,
     ContractError,
+    ReceiptTimeout,
     RpcError,
     StaleSignature,
     TransactionReverted,
     TransactionDropped,
-    TransactionTimeout,
     decode_revert,
 )
+
+LOG = logging.getLogger("erx_contracts.client")
 
 UINT16_MAX = 2**16 - 1
 UINT32_MAX = 2**32 - 1
@@ -150,6 +154,31 @@ def sign_spend(
 # Awaited with (tx_hash, raw signed transaction) before a transaction is sent.
 Journal = Callable[[str, str], Awaitable[None]]
 
+# While waiting for a receipt: poll every `poll_interval` for this long, then back off up to MAX_POLL_S.
+STEADY_POLL_S = 2.0
+MAX_POLL_S = 2.0
+# How often a waiting client makes sure the node still has its transaction (a restarted node loses its pool).
+PRESENCE_CHECK_S = 1.0
+
+
+# web3 retries failed requests, eth_sendRawTransaction included: a first attempt that may have reached
+# the node would then hide behind a later "connection refused", and a send that may be mined would be
+# reported as certainly failed. Sends are retried by this client, which knows what it sent.
+_RETRY_READS_ONLY = ExceptionRetryConfiguration(
+    errors=(aiohttp.ClientError, TimeoutError),
+    method_allowlist=[m for m in REQUEST_RETRY_ALLOWLIST if m not in ("eth_sendRawTransaction", "eth_sign",
+                                                                       "eth_signTypedData")])
+
+
+def _already_known(exc: RpcError) -> bool:
+    """The node has this very transaction already (anvil: "already imported", geth/Besu: "already known")."""
+    message = exc.message.lower()
+    return "already known" in message or "already imported" in message or "known transaction" in message
+
+
+def _nonce_too_low(exc: RpcError) -> bool:
+    return "nonce too low" in exc.message.lower()
+
 
 def _tx_result(receipt: dict[str, Any]) -> TxResult:
     return TxResult(
@@ -211,7 +240,8 @@ class PrescriptionTokenClient:
     async def connect(cls, config: ChainConfig, account: LocalAccount | str) -> Self:
         """Checks the endpoint's chain id, and that the configured contract has code."""
         provider = AsyncHTTPProvider(
-            config.rpc_url, request_kwargs={"timeout": aiohttp.ClientTimeout(total=config.request_timeout)}
+            config.rpc_url, request_kwargs={"timeout": aiohttp.ClientTimeout(total=config.request_timeout)},
+            exception_retry_configuration=_RETRY_READS_ONLY,
         )
         w3 = AsyncWeb3(provider)
         if config.poa_extra_data:
@@ -376,6 +406,12 @@ class PrescriptionTokenClient:
         """A raw JSON-RPC request; errors become typed exceptions, contract reverts decoded from their data."""
         try:
             response = await self._conn.w3.provider.make_request(method, params)
+        except aiohttp.ClientConnectorError as exc:  # no connection: the request never left
+            raise ChainUnavailable(f"{method} at {self.config.rpc_url}: {exc!r}", maybe_delivered=False) from exc
+        except aiohttp.ClientResponseError as exc:
+            # 503: the endpoint did not take the request (the dev chain's proxy while it reconciles)
+            raise ChainUnavailable(f"{method} at {self.config.rpc_url}: HTTP {exc.status} {exc.message}",
+                                   maybe_delivered=exc.status not in (429, 503)) from exc
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError, Web3Exception) as exc:
             raise ChainUnavailable(f"{method} at {self.config.rpc_url}: {exc!r}") from exc
         if (error := response.get("error")) is not None:
@@ -400,19 +436,14 @@ class PrescriptionTokenClient:
         return _tx_result(receipt)
 
     async def resume(self, tx_hash: str, raw_tx: str) -> TxResult:
-        """Finishes a journaled transaction after a crash: sends it again (a no-op if the node has it),
-        waits for its receipt and raises its typed error if it reverted.
+        """Finishes a transaction sent earlier (journaled before a crash, or one that raised ReceiptTimeout):
+        waits for its receipt, sending it again whenever the node does not have it, and raises its typed
+        error if it reverted.
 
         Raises TransactionDropped if it was never mined and never can be (its nonce is used), so the
-        caller knows nothing happened on chain.
+        caller knows nothing happened on chain; ReceiptTimeout if it is still not mined (it may be later).
         """
-        try:
-            await self.rpc("eth_sendRawTransaction", [raw_tx])
-        except RpcError:
-            pass  # "already known", or "nonce too low": mined, or replaced by another transaction
-        if await self.rpc("eth_getTransactionByHash", [tx_hash]) is None:
-            raise TransactionDropped(tx_hash)
-        receipt = await self._wait_for_receipt(tx_hash)
+        receipt = await self._wait_for_receipt(tx_hash, raw_tx, check_presence_now=True)
         if int(receipt["status"], 16) != 1:
             tx = await self.rpc("eth_getTransactionByHash", [tx_hash])
             call = {"from": tx["from"], "to": tx["to"], "data": tx["input"], "gas": tx["gas"]}
@@ -440,17 +471,21 @@ class PrescriptionTokenClient:
         }
         if to is not None:
             tx["to"] = to
-        tx_hash = await self._send_raw(tx, journal)
-        receipt = await self._wait_for_receipt(tx_hash)
+        tx_hash, raw_tx = await self._send_raw(tx, journal)
+        receipt = await self._wait_for_receipt(tx_hash, raw_tx)
         if int(receipt["status"], 16) != 1:
             await self._raise_revert_reason(call | {"gas": hex(gas)}, receipt)
         return receipt
 
-    async def _send_raw(self, tx: dict[str, Any], journal: Journal | None = None) -> str:
+    async def _send_raw(self, tx: dict[str, Any], journal: Journal | None = None) -> tuple[str, str]:
         """Assigns the sender's next nonce and sends; serialised per sender so nonces never collide.
+        Returns the transaction's hash and its signed bytes.
 
         Only the send is under the lock, not the wait for mining, so many transactions of one
-        account are in flight at once. After a failed send the nonce is re-read from the node.
+        account are in flight at once. After any failed send the nonce is re-read from the node
+        ("pending") before the next one: the cache may be ahead of a chain that restarted, or another
+        process used the account. A send whose answer was lost (the connection broke after sending)
+        is not a failure: the node may have it, and the receipt wait sends it again if it does not.
         """
         slot = self._conn.nonces[self.address]
         async with slot.lock:
@@ -459,33 +494,76 @@ class PrescriptionTokenClient:
                 if slot.next is None:
                     slot.next = int(await self.rpc("eth_getTransactionCount", [self.address, "pending"]), 16)
                 signed = self.account.sign_transaction(tx | {"nonce": slot.next})
+                tx_hash, raw_tx = signed.hash.to_0x_hex(), signed.raw_transaction.to_0x_hex()
                 if journal is not None:
-                    await journal(signed.hash.to_0x_hex(), signed.raw_transaction.to_0x_hex())
+                    await journal(tx_hash, raw_tx)
                 try:
-                    tx_hash = await self.rpc("eth_sendRawTransaction", [signed.raw_transaction.to_0x_hex()])
-                except RpcError:
-                    # Most likely another process used this account: one retry with a fresh nonce.
+                    await self.rpc("eth_sendRawTransaction", [raw_tx])
+                except RpcError as exc:
+                    if _already_known(exc):  # this very transaction is in the node's pool
+                        slot.next += 1
+                        return tx_hash, raw_tx
+                    # Refused, e.g. "nonce too low/high": re-read the nonce and sign once more.
                     slot.next = None
                     if retried:
                         raise
                     retried = True
                     continue
+                except ChainUnavailable as exc:
+                    slot.next = None  # unknown how far the node got: re-read before the next send
+                    if not exc.maybe_delivered:
+                        raise  # certainly not sent
+                    LOG.warning("%s: answer to eth_sendRawTransaction lost (%s); waiting for its receipt", tx_hash, exc)
+                    return tx_hash, raw_tx
                 except ChainError:
-                    slot.next = None  # unknown whether the node took it: do not resend blindly
+                    slot.next = None
                     raise
                 slot.next += 1
-                return tx_hash
+                return tx_hash, raw_tx
 
-    async def _wait_for_receipt(self, tx_hash: str) -> dict[str, Any]:
+    async def _wait_for_receipt(self, tx_hash: str, raw_tx: str | None = None, *,
+                                check_presence_now: bool = False) -> dict[str, Any]:
+        """Polls for the receipt until `tx_timeout`, then raises ReceiptTimeout (not a failure: it may
+        still be mined). Connection errors and 503s are transient (the node may be restarting): polling
+        goes on, with backoff. With `raw_tx`, a node that does not know the transaction (its pool was lost
+        in a restart) gets it again; one whose nonce is used by another transaction is TransactionDropped."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.tx_timeout
-        while (receipt := await self.rpc("eth_getTransactionReceipt", [tx_hash])) is None:
-            if loop.time() > deadline:
-                # The transaction may have been dropped, leaving a nonce gap: re-read before the next send.
+        started = loop.time()
+        deadline = started + self.config.tx_timeout
+        delay = self.config.poll_interval
+        next_presence_check = started if check_presence_now else started + PRESENCE_CHECK_S
+        while True:
+            try:
+                receipt = await self.rpc("eth_getTransactionReceipt", [tx_hash])
+                if receipt is not None:
+                    return receipt
+                if raw_tx is not None and loop.time() >= next_presence_check:
+                    next_presence_check = loop.time() + PRESENCE_CHECK_S
+                    await self._ensure_known(tx_hash, raw_tx)
+                if loop.time() - started > STEADY_POLL_S:
+                    delay = min(delay * 1.5, MAX_POLL_S)
+            except (ChainUnavailable, RpcError) as exc:  # transient while the chain restarts
+                LOG.debug("%s: receipt poll failed (%s); retrying", tx_hash, exc)
+                delay = min(max(delay, self.config.poll_interval) * 2, MAX_POLL_S)
+            if loop.time() >= deadline:
+                # It may still be mined, or it left a nonce gap: re-read the nonce before the next send.
                 self._conn.nonces[self.address].next = None
-                raise TransactionTimeout(tx_hash, self.config.tx_timeout)
-            await asyncio.sleep(self.config.poll_interval)
-        return receipt
+                raise ReceiptTimeout(tx_hash, self.config.tx_timeout, raw_tx)
+            await asyncio.sleep(min(delay, max(deadline - loop.time(), 0.01)))
+
+    async def _ensure_known(self, tx_hash: str, raw_tx: str) -> None:
+        if await self.rpc("eth_getTransactionByHash", [tx_hash]) is not None:
+            return  # pending or mined
+        try:
+            await self.rpc("eth_sendRawTransaction", [raw_tx])
+            LOG.warning("%s: the node did not have it; sent again", tx_hash)
+        except RpcError as exc:
+            if _already_known(exc):
+                return
+            if _nonce_too_low(exc) and await self.rpc("eth_getTransactionReceipt", [tx_hash]) is None:
+                self._conn.nonces[self.address].next = None
+                raise TransactionDropped(tx_hash) from exc
+            LOG.warning("%s: not known to the node, and refused when sent again: %s", tx_hash, exc)
 
     async def _raise_revert_reason(self, call: dict[str, Any], receipt: dict[str, Any]) -> None:
         # Mined receipts carry no revert data on most nodes: replay on the state the block left

@@ -18,7 +18,15 @@ class ChainError(Exception):
 
 
 class ChainUnavailable(ChainError):
-    """The JSON-RPC endpoint could not be reached or answered garbage."""
+    """The JSON-RPC endpoint could not be reached or answered garbage.
+
+    `maybe_delivered` is False when the request certainly did not reach the node (no connection, or
+    the endpoint answered with HTTP 503, as the dev chain's journaling proxy does for a transaction it
+    did not accept), True when it may have (the connection broke or timed out after sending)."""
+
+    def __init__(self, message: str, *, maybe_delivered: bool = True) -> None:
+        super().__init__(message)
+        self.maybe_delivered = maybe_delivered
 
 
 class ChainConfigError(ChainError):
@@ -37,6 +45,20 @@ class TransactionTimeout(ChainError):
     def __init__(self, tx_hash: str, timeout: float) -> None:
         super().__init__(f"transaction {tx_hash} not mined within {timeout}s")
         self.tx_hash = tx_hash
+
+
+class ReceiptTimeout(TransactionTimeout):
+    """The transaction was sent (or may have been) but no receipt came within the timeout: it may
+    still be mined, so it is NOT a failure. Not a revert either (those are ContractError).
+
+    Keep `tx_hash` and `raw_tx` and call `PrescriptionTokenClient.resume(tx_hash, raw_tx)` later: it
+    returns the result once mined, raises the typed revert, or TransactionDropped if it never can be."""
+
+    def __init__(self, tx_hash: str, timeout: float, raw_tx: str | None = None) -> None:
+        super().__init__(tx_hash, timeout)
+        self.args = (f"no receipt for transaction {tx_hash} within {timeout}s; it may still be mined",)
+        self.timeout = timeout
+        self.raw_tx = raw_tx
 
 
 class TransactionDropped(ChainError):

@@ -19,7 +19,7 @@ from pydantic import BaseModel, SerializeAsAny
 
 from erx_agents.acapy import AgentLaunch
 from erx_chain.accounts import DevAccounts, dev_accounts
-from erx_chain.node import anvil_process, prepare_state_file
+from erx_chain.node import anvil_process, port_of, prepare_state_file, proxy_process
 from erx_contracts.client import PrescriptionTokenClient
 from erx_contracts.config import ChainConfig
 from erx_core.acapy_admin import AcaPyAdmin
@@ -121,12 +121,36 @@ class Network:
     def deployment_file(self) -> Path:
         return self.paths.chain / "deployment.json"
 
-    def chain_spec(self) -> ProcessSpec:
+    @property
+    def chain_journal_file(self) -> Path:
+        return self.paths.chain / "journal.jsonl"
+
+    def chain_node_port(self) -> int:
+        """anvil's internal port: that of the running node if there is one (settings made by another
+        `erx` run may have picked another free port), else the configured one."""
+        running = self.supervisor.record("chain")
+        if running is not None and (port := port_of(running.argv)) is not None:
+            return port
+        return self.settings.chain.node_port
+
+    def chain_spec(self, node_port: int | None = None) -> ProcessSpec:
+        """anvil, on its internal port behind the journaling proxy (`chain_proxy_spec`)."""
         c = self.settings.chain
-        node = anvil_process(c.port, self.paths.logs / "chain.log", name="chain", chain_id=c.chain_id,
+        port = node_port or self.chain_node_port()
+        # fifo: lost transactions re-sent in journal order are mined in that order
+        node = anvil_process(port, self.paths.logs / "chain.log", name="chain", chain_id=c.chain_id,
                              block_time=c.block_time_s, gas_limit=c.gas_limit, state_file=self.chain_state_file,
-                             state_interval=c.state_interval_s, host=self.settings.host)
-        return ProcessSpec(name="chain", argv=node.argv, env=node.env, log_file=node.log_file, ports=[c.port])
+                             state_interval=c.state_interval_s, host=self.settings.host, order="fifo")
+        return ProcessSpec(name="chain", argv=node.argv, env=node.env, log_file=node.log_file, ports=[port])
+
+    def chain_proxy_spec(self, node_port: int | None = None) -> ProcessSpec:
+        """The journaling JSON-RPC proxy every client talks to, on the chain port (erx_chain.proxy)."""
+        c = self.settings.chain
+        proxy = proxy_process(c.port, node_port or self.chain_node_port(), self.chain_journal_file,
+                              self.paths.logs / "chain-proxy.log", host=self.settings.host,
+                              hold_timeout=c.proxy_hold_timeout_s)
+        return ProcessSpec(name="chain-proxy", argv=proxy.argv, env=proxy.env, log_file=proxy.log_file,
+                           ports=[c.port])
 
     def chain_accounts(self) -> DevAccounts:
         roles = [a.role for a in self.settings.agents]
@@ -303,14 +327,25 @@ class Network:
         self.progress(f"indy pool: {len(specs)}/{len(specs)} validators participating")
 
     async def _start_chain(self) -> None:
-        spec = self.chain_spec()
+        """anvil on its internal port, and the journaling proxy in front of it. The chain is healthy once
+        the proxy answers: it holds every request until it has re-applied what a crash lost."""
+        running = self.supervisor.record("chain")
+        if running is not None and port_of(running.argv) == self.settings.chain.port:
+            self.supervisor.stop("chain")  # started before the proxy existed, on its port: move it behind it
+        node_port = self.chain_node_port()
+        spec, proxy = self.chain_spec(node_port), self.chain_proxy_spec(node_port)
         if not self.supervisor.is_running(spec.name):
             state = prepare_state_file(self.chain_state_file)
             if state not in ("fresh", "loaded"):
                 self.progress(f"chain: state file was damaged by a crash ({state})")
+        running_proxy = self.supervisor.record(proxy.name)
+        if running_proxy is not None and running_proxy.argv != proxy.argv:
+            self.supervisor.stop(proxy.name)  # it points at another node port: restart it (its journal stays)
         await self._start(spec)
-        await self._until([spec], self._chain_answers, 30, "EVM node")
-        self.progress(f"chain: EVM node answering at {self.rpc_url} (chain id {self.settings.chain.chain_id})")
+        await self._start(proxy)
+        await self._until([spec, proxy], self._chain_answers, 60, "EVM node")
+        self.progress(f"chain: EVM node answering at {self.rpc_url} (chain id {self.settings.chain.chain_id}, "
+                      f"journaling proxy in front of anvil on port {node_port})")
 
     async def _start_tails(self) -> None:
         spec = self.tails_spec()
@@ -388,7 +423,7 @@ class Network:
     def down(self) -> list[str]:
         """Stop every process this network started (agents first, the pool last). Data is kept."""
         order = ([f"controller-{a.name}" for a in self.settings.agents]
-                 + [f"agent-{a.name}" for a in self.settings.agents] + ["tails", "chain"]
+                 + [f"agent-{a.name}" for a in self.settings.agents] + ["tails", "chain-proxy", "chain"]
                  + [f"indy-Node{i}" for i in range(1, len(self.settings.pool.node_ports) + 1)])
         stopped = [name for name in order if self.supervisor.stop(name, timeout_s=20)]
         # anything else recorded (e.g. a component removed from the settings since) goes too
@@ -444,16 +479,33 @@ class Network:
         await self._chain_block_number()
         return True
 
+    async def _chain_proxy_health(self) -> dict:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            async with http.get(f"{self.rpc_url}/health") as resp:
+                return await resp.json()
+
     async def _chain_status(self) -> ChainStatus:
         base = dict(rpc_url=self.rpc_url, chain_id=self.settings.chain.chain_id)
         try:
             block = await self._chain_block_number()
         except Exception as exc:
-            return ChainStatus(healthy=False, detail=f"EVM node not answering: {exc or type(exc).__name__}", **base)
+            try:
+                proxy = await self._chain_proxy_health()
+                why = "the journaling proxy is waiting for anvil" if not proxy.get("ready") else "no answer"
+            except Exception:
+                why = "the journaling proxy is not answering"
+            return ChainStatus(healthy=False, detail=f"EVM node not answering ({why}): "
+                               f"{exc or type(exc).__name__}", **base)
         contract = self.chain_config().contract_address
-        return ChainStatus(healthy=True, block_number=block, contract_address=contract,
-                           detail=f"block {block}" + (f", token contract {contract}" if contract else
-                                                      ", token contract not deployed yet"), **base)
+        detail = f"block {block}" + (f", token contract {contract}" if contract else ", token contract not deployed yet")
+        try:
+            proxy = await self._chain_proxy_health()
+            detail += f", {proxy['journaled']} transactions journaled"
+            if last := proxy.get("reconciliations"):
+                detail += f", last reconciliation re-sent {last[-1]['resent']}"
+        except Exception:
+            pass
+        return ChainStatus(healthy=True, block_number=block, contract_address=contract, detail=detail, **base)
 
     async def _tails_healthy(self) -> bool:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:

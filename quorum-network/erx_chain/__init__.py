@@ -7,9 +7,12 @@ from erx_chain.node import (
     anvil_argv,
     anvil_process,
     find_anvil,
+    port_of,
     prepare_state_file,
+    proxy_process,
     wait_for_rpc,
 )
+from erx_chain.journal import Journal, JournalEntry, tx_hash_of
 
 __all__ = [
     "CHAIN_ID",
@@ -20,6 +23,11 @@ __all__ = [
     "anvil_process",
     "dev_accounts",
     "find_anvil",
+    "Journal",
+    "JournalEntry",
+    "port_of",
     "prepare_state_file",
+    "proxy_process",
+    "tx_hash_of",
     "wait_for_rpc",
 ]

@@ -68,12 +68,15 @@ def anvil_argv(
     state_file: Path | None = None,
     state_interval: int | None = 5,
     host: str = "127.0.0.1",
+    order: str | None = None,
 ) -> list[str]:
     """anvil configured like a permissioned gas-free network.
 
     block_time None: mine one block per transaction (fast tests); 1.0 mirrors QBFT's 1 s blocks.
     state_file: loaded at start if present and dumped on SIGTERM/SIGINT, and every
     state_interval seconds so that a SIGKILL loses at most that much.
+    order: "fifo" mines transactions of equal fee in arrival order (the journaling proxy re-sends
+    lost transactions in their original order and relies on it); None keeps anvil's default ("fees").
     """
     argv = [
         str(find_anvil()),
@@ -89,6 +92,8 @@ def anvil_argv(
         # No unlocked, prefunded node accounts: as on a permissioned node, every client signs locally.
         "--accounts", "0",
     ]  # fmt: skip
+    if order is not None:
+        argv += ["--order", order]
     if block_time is not None:
         argv += ["--block-time", str(block_time)]
     if state_file is not None:
@@ -109,15 +114,50 @@ def anvil_process(
     state_file: Path | None = None,
     state_interval: int | None = 5,
     host: str = "127.0.0.1",
+    order: str | None = None,
 ) -> NodeProcess:
     return NodeProcess(
         name=name,
-        argv=anvil_argv(port, chain_id, block_time, gas_limit, state_file, state_interval, host),
+        argv=anvil_argv(port, chain_id, block_time, gas_limit, state_file, state_interval, host, order),
         env={"NO_COLOR": "1"},  # added to the inherited environment: plain log lines
         log_file=log_file,
         port=port,
         state_file=state_file,
     )
+
+
+def proxy_process(
+    port: int,
+    upstream_port: int,
+    journal_file: Path,
+    log_file: Path,
+    *,
+    name: str = "chain-proxy",
+    host: str = "127.0.0.1",
+    hold_timeout: float = 5.0,
+    python: str = sys.executable,
+) -> NodeProcess:
+    """The journaling JSON-RPC proxy (erx_chain.proxy) on `port`, in front of anvil on `upstream_port`."""
+    return NodeProcess(
+        name=name,
+        argv=[python, "-m", "erx_chain.proxy", "--host", host, "--port", str(port),
+              "--upstream", f"http://{host}:{upstream_port}", "--journal", str(journal_file),
+              "--hold-timeout", str(hold_timeout)],
+        env={},
+        log_file=log_file,
+        port=port,
+    )
+
+
+def port_of(argv: list[str]) -> int | None:
+    """The `--port` of a node or proxy command line (e.g. a running process's recorded argv)."""
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "--port":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
 
 
 def prepare_state_file(state_file: Path) -> str:
