@@ -273,6 +273,14 @@ class AcaPyAdmin:
         found = await self._get("/anoncreds/credential-definitions", schema_id=schema_id, issuer_id=issuer_id)
         return list(found.get("credential_definition_ids") or [])
 
+    async def schema(self, schema_id: str) -> dict:
+        """A schema as the ledger has it (`{"schema": {"attrNames", "name", ...}, ...}`)."""
+        return await self._get(self._path("/anoncreds/schema/{id}", id=("schema", schema_id)))
+
+    async def credential_definition(self, cred_def_id: str) -> dict:
+        """A credential definition as the ledger has it."""
+        return await self._get(self._path("/anoncreds/credential-definition/{id}", id=("cred_def", cred_def_id)))
+
     async def active_revocation_registry(self, cred_def_id: str) -> dict | None:
         try:
             path = self._path("/anoncreds/revocation/active-registry/{id}", id=("cred_def", cred_def_id))

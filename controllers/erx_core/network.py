@@ -15,10 +15,12 @@ import sys
 from pathlib import Path
 
 import aiohttp
+from eth_account.signers.local import LocalAccount
 from pydantic import BaseModel, SerializeAsAny
 
 from erx_agents.acapy import AgentLaunch
-from erx_chain.accounts import DevAccounts, dev_accounts
+from erx_chain.accounts import DevAccounts
+from erx_chain.keystore import load_or_create
 from erx_chain.node import anvil_process, port_of, prepare_state_file, proxy_process
 from erx_contracts.client import PrescriptionTokenClient
 from erx_contracts.config import ChainConfig
@@ -92,6 +94,7 @@ class Network:
         self.progress = progress
         self.secrets = SecretStore(self.paths.secrets)
         self.supervisor = Supervisor(self.paths.run, settings.host)
+        self._chain_keys: dict[str, LocalAccount] = {}
 
     # -- what runs ------------------------------------------------------------------------
     @property
@@ -152,20 +155,28 @@ class Network:
         return ProcessSpec(name="chain-proxy", argv=proxy.argv, env=proxy.env, log_file=proxy.log_file,
                            ports=[c.port])
 
-    def chain_accounts(self) -> DevAccounts:
-        roles = [a.role for a in self.settings.agents]
-        return dev_accounts(n_doctors=roles.count("doctor"), n_pharmacies=roles.count("pharmacy"),
-                            mnemonic=self.settings.chain.dev_mnemonic.get_secret_value())
+    def chain_key(self, owner: str) -> LocalAccount:
+        """`owner`'s own chain key (the health authority's, or an organisation agent's): made at random
+        for this network on first use and kept as an encrypted keystore (erx_chain.keystore), its password
+        in the secret store. Never derived from a public mnemonic."""
+        if owner not in self._chain_keys:
+            password = self.secrets.get(f"chain-keystore-password:{owner}")
+            self._chain_keys[owner] = load_or_create(self.paths.chain / "keys" / f"{owner}.json",
+                                                     password.get_secret_value())
+        return self._chain_keys[owner]
 
-    def chain_account(self, agent_name: str):
+    def chain_accounts(self) -> DevAccounts:
+        agents = self.settings.agents
+        return DevAccounts(authority=self.chain_key(self.settings.authority_name),
+                           doctors=tuple(self.chain_key(a.name) for a in agents if a.role == "doctor"),
+                           pharmacies=tuple(self.chain_key(a.name) for a in agents if a.role == "pharmacy"))
+
+    def chain_account(self, agent_name: str) -> LocalAccount:
         """The chain account an organisation's controller sends transactions from."""
         agent = self.settings.agent(agent_name)
-        same_role = [a.name for a in self.settings.agents if a.role == agent.role]
-        accounts = self.chain_accounts()
-        pool = {"doctor": accounts.doctors, "pharmacy": accounts.pharmacies}.get(agent.role)
-        if pool is None:
+        if agent.role not in ("doctor", "pharmacy"):
             raise KeyError(f"{agent_name} ({agent.role}) has no chain account")
-        return pool[same_role.index(agent_name)]
+        return self.chain_key(agent_name)
 
     def chain_config(self, contract_address: str | None = None) -> ChainConfig:
         c = self.settings.chain
@@ -380,6 +391,11 @@ class Network:
         accounts = self.chain_accounts()
         if self.deployment_file.exists():
             deployment = Deployment.model_validate_json(self.deployment_file.read_text())
+            if deployment.admin.lower() != accounts.authority.address.lower():
+                raise SetupError(
+                    f"the token contract at {deployment.contract_address} is governed by {deployment.admin}, not by "
+                    f"this network's health authority key {accounts.authority.address} (a network made before "
+                    "per-network chain keys, whose keys came from the public test mnemonic): run `./erx reset --yes`")
             client = await PrescriptionTokenClient.connect(self.chain_config(deployment.contract_address),
                                                            accounts.authority)
         else:

@@ -61,8 +61,6 @@ class ChainSettings(BaseModel):
     state_interval_s: int = Field(default=1, ge=1)
     # How long the proxy holds a request while the node restarts or is reconciled before answering 503.
     proxy_hold_timeout_s: float = Field(default=5.0, gt=0)
-    # Dev default: the public test mnemonic. Accounts derive per role (authority, doctors, pharmacies).
-    dev_mnemonic: SecretStr = SecretStr("test test test test test test test test test test test junk")
 
 
 class TailsSettings(BaseModel):

@@ -83,8 +83,8 @@ async def test_doctor_publishes_schema_and_revocable_credential_definition(netwo
         assert registry is not None, "no active revocation registry for the revocable credential definition"
         # The schema and credential definition are read back from the ledger by another agent.
         async with network.admin("pharmacy") as pharmacy:
-            schema = await pharmacy.get(f"/anoncreds/schema/{schema_id}")
-            cred_def = await pharmacy.get(f"/anoncreds/credential-definition/{cred_def_id}")
+            schema = await pharmacy.schema(schema_id)
+            cred_def = await pharmacy.credential_definition(cred_def_id)
     assert schema["schema"]["attrNames"] and set(schema["schema"]["attrNames"]) == {"medication", "valid_until"}
     assert cred_def["credential_definition"]["value"]["revocation"], "credential definition is not revocable"
 
@@ -174,7 +174,7 @@ async def test_down_then_up_resumes_on_the_same_ledgers_and_wallets(network: Net
     assert {n: c.public_did for n, c in after.components.items() if n.startswith("agent-")} == dids
     assert after.components["chain"].contract_address == contract
     async with network.admin("pharmacy") as pharmacy:
-        schema = await pharmacy.get(f"/anoncreds/schema/{schema_id}")
+        schema = await pharmacy.schema(schema_id)
     assert schema["schema"]["name"] == "erx-resume-test"
     async with await PrescriptionTokenClient.connect(network.chain_config(), Account.create()) as c:
         assert (await c.status(token)).remaining == 3
