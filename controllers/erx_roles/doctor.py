@@ -23,7 +23,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from erx_contracts.client import new_prescription_key
-from erx_contracts.errors import ChainError, ContractError, ReceiptTimeout
+from erx_contracts.errors import ChainError, ChainUnavailable, ContractError, ReceiptTimeout
 from erx_core.acapy_admin import AdminApiError, AgentUnreachable, CredExState
 from erx_core.events import EventTimeout, Payload
 from erx_core.ids import RecordId
@@ -38,6 +38,8 @@ from erx_schemas.prescription import Prescriber, Prescription, PrescriptionOrder
 
 LOG = logging.getLogger("erx.doctor")
 ISSUE_TOPIC = "issue_credential_v2_0"
+# an issuance still at its token after this long will not go on: the controller lost the one-time key
+UNFINISHED_CREATE_AFTER_S = 10 * 60
 
 
 class PrescriptionState(StrEnum):
@@ -125,6 +127,28 @@ class DoctorService:
             await self.needs_attention.attempt(record.prescription_id, self._recover_offer(record), LOG)
             if self._get(record.prescription_id).state != PrescriptionState.OFFERED:
                 settled.append(record.prescription_id)
+        settled += await self.settle_unfinished_creates()
+        return settled
+
+    async def settle_unfinished_creates(self, now: float | None = None) -> list[str]:
+        """Issuances that never got past their token (the controller died between the create and the
+        offer, or the create's receipt never came) are settled from the chain once they are older than
+        `UNFINISHED_CREATE_AFTER_S`: no offer was sent and the one-time key is gone, so a token that
+        exists is cancelled (an unissued prescription must not stay redeemable) and the record fails;
+        a token that never appeared fails too. Never a live token under a `failed` record."""
+        now = time.time() if now is None else now
+        settled = []
+        for record in list(self.records.find_all("state", PrescriptionState.CREATING_TOKEN)):
+            if now - record.created_at < UNFINISHED_CREATE_AFTER_S:
+                continue
+            async with self._lock(record.prescription_id):
+                status = await self.ctx.chain.status(record.token_address)
+                if status.exists and not status.cancelled:
+                    await self.ctx.chain.cancel(record.token_address)
+                self._fail(record, "the issuance did not complete (no offer was sent); "
+                           + ("its token was cancelled" if status.exists else "no token was created")
+                           + ": issue the prescription again")
+            settled.append(record.prescription_id)
         return settled
 
     async def _recover_offer(self, record: IssuedPrescription) -> None:
@@ -161,6 +185,13 @@ class DoctorService:
             self.records.put(pid, record)
             raise ApiError(503, f"the chain has not confirmed the token yet (transaction {exc.tx_hash}); "
                                 f"prescription {pid} stays {record.state.value}") from exc
+        except ChainUnavailable as exc:
+            if exc.maybe_delivered:  # it may still be mined: settled later from the chain, never `failed` now
+                record.error = f"token creation not confirmed yet: {exc}"
+                self.records.put(pid, record)
+            else:
+                self._fail(record, f"the chain was unreachable: {exc}")
+            raise unavailable("the chain did not answer") from exc
         except ChainError as exc:
             self._fail(record, f"token creation failed: {exc}")
             raise ApiError(502, f"the chain refused the token: {exc}") from exc
@@ -308,6 +339,8 @@ class DoctorService:
             try:
                 if expired := await self.expire_stale_offers():
                     LOG.info("%d offer(s) expired", len(expired))
+                if failed := await self.settle_unfinished_creates():
+                    LOG.info("%d unfinished issuance(s) settled from the chain", len(failed))
             except Exception:  # e.g. the chain is restarting: try again next round
                 LOG.exception("expiring stale offers failed")
             await asyncio.sleep(interval)

@@ -26,13 +26,14 @@ from erx_schemas.prescription import PrescriptionOrder
 class FakeChain:
     def __init__(self):
         self.cancelled: list[str] = []
+        self.never_created: set[str] = set()
         self.down = False
 
     async def status(self, token: str) -> TokenStatus:
         if self.down:
             raise ChainUnavailable("chain down")
-        return TokenStatus(token=token, exists=True, issuer=None, remaining=1, not_before=0, not_after=2**40,
-                           cancelled=token in self.cancelled)
+        return TokenStatus(token=token, exists=token not in self.never_created, issuer=None, remaining=1,
+                           not_before=0, not_after=2**40, cancelled=token in self.cancelled)
 
     async def cancel(self, token: str) -> TxResult:
         if self.down:
@@ -141,3 +142,24 @@ async def test_recovery_sets_a_bad_record_aside_and_settles_the_others(tmp_path)
     assert service.records.get(good.prescription_id).state == PrescriptionState.DECLINED
     assert service.records.get(bad.prescription_id).state == PrescriptionState.OFFERED
     assert list(service.needs_attention) == [bad.prescription_id]
+
+
+async def test_an_issuance_stuck_at_its_token_is_settled_from_the_chain(tmp_path):
+    """The controller died between the create and the offer (or the create's receipt never came):
+    the key is gone, so a token that exists is cancelled and the record fails; never a live token
+    under a failed record."""
+    from erx_roles.doctor import UNFINISHED_CREATE_AFTER_S
+
+    service, _, chain, _ = doctor(tmp_path)
+    t0 = 1_000_000.0
+    created = prescription(service, PrescriptionState.CREATING_TOKEN, created_at=t0 - UNFINISHED_CREATE_AFTER_S - 1)
+    lost = prescription(service, PrescriptionState.CREATING_TOKEN, created_at=t0 - UNFINISHED_CREATE_AFTER_S - 1)
+    chain.never_created.add(lost.token_address)
+    young = prescription(service, PrescriptionState.CREATING_TOKEN, created_at=t0 - 5)
+    assert sorted(await service.settle_unfinished_creates(now=t0)) == sorted([created.prescription_id,
+                                                                               lost.prescription_id])
+    assert chain.cancelled == [created.token_address]
+    assert service.records.get(created.prescription_id).state == PrescriptionState.FAILED
+    assert "cancelled" in service.records.get(created.prescription_id).error
+    assert service.records.get(lost.prescription_id).state == PrescriptionState.FAILED
+    assert service.records.get(young.prescription_id).state == PrescriptionState.CREATING_TOKEN
