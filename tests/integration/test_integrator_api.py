@@ -369,14 +369,13 @@ async def test_presentation_arriving_while_the_pharmacy_controller_is_down_is_ch
     try:  # the presentation reached the pharmacy's agent, whose webhooks go nowhere now
         for _ in range(300):
             record = await admin.presentation_exchange(check["pres_ex_id"])
-            if record["state"] == "presentation-received":
+            if record.state == "presentation-received":
                 break
             await asyncio.sleep(0.1)
-        assert record["state"] == "presentation-received", record["state"]
+        assert record.state == "presentation-received", record.state
     finally:
         await admin.close()
-
-    await network.up()
+        await network.up()  # whatever happened: later tests need the controller back
     settled = await pharmacy_system.client.get(f"/api/checks/{check['check_id']}")
     assert settled["state"] == "verified", settled
     events = await pharmacy_system.client.get("/api/events", after_seq=before)
