@@ -437,6 +437,12 @@ class AcaPyAdmin:
         delta = found.get("rev_reg_delta") or found.get("rev_list") or {}
         return {int(i) for i in (delta.get("value") or delta).get("revoked", [])}
 
+    async def publish_wallet_revocations(self, rev_reg_id: str) -> dict:
+        """Write the registry's revocations as the agent's wallet has them to the ledger: finishes a
+        revocation whose publication failed (ACA-Py then still answers the revoke with 200)."""
+        path = self._path("/anoncreds/revocation/registry/{id}/fix-revocation-entry-state", id=("rev_reg", rev_reg_id))
+        return await self._request("PUT", path, params={"apply_ledger_update": "true"})
+
     async def revoke(self, rev_reg_id: str, cred_rev_id: str, *, connection_id: str | None = None,
                      thread_id: str | None = None, comment: str | None = None) -> dict:
         """Revoke and publish. With a connection, the holder's wallet is told with a revocation

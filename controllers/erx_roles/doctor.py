@@ -39,7 +39,7 @@ from erx_schemas.prescription import Prescriber, Prescription, PrescriptionOrder
 LOG = logging.getLogger("erx.doctor")
 ISSUE_TOPIC = "issue_credential_v2_0"
 # an issuance still at its token after this long will not go on: the controller lost the one-time key
-UNFINISHED_CREATE_AFTER_S = 10 * 60
+UNFINISHED_CREATE_AFTER_S = 90  # > the chain client's receipt timeout: no create of this process is still waiting
 
 
 class PrescriptionState(StrEnum):
@@ -65,6 +65,7 @@ class IssuedPrescription(BaseModel):
     rev_reg_id: str | None = None
     cred_rev_id: str | None = None
     revoke_tx: str | None = None
+    revoke_attempts: int = 0  # revocations the agent accepted but the ledger did not show
     error: str | None = None
     created_at: float = Field(default_factory=time.time)
 
@@ -305,16 +306,38 @@ class DoctorService:
                     except ContractError as exc:
                         raise ApiError(502, f"the chain did not cancel the token: {exc}") from exc
                     self.records.put(prescription_id, record)
-            try:
-                await self.ctx.admin.revoke(record.rev_reg_id, record.cred_rev_id,
-                                            connection_id=record.connection_id, thread_id=record.thread_id)
-            except AdminApiError as exc:
-                if "already revoked" not in exc.reason.lower():
-                    LOG.warning("prescription %s: revocation not published: %s", prescription_id, exc.reason)
-                    raise unavailable("the credential's revocation did not reach the ledger (the token is "
-                                      "cancelled: no pharmacy can redeem it)") from None
+            if not await self._revoked_on_ledger(record):
+                await self._publish_revocation(record)
             record.state = PrescriptionState.REVOKED
             return self._commit(record, EventType.REVOKED)
+
+    async def _revoked_on_ledger(self, record: IssuedPrescription) -> bool:
+        return int(record.cred_rev_id) in await self.ctx.admin.revoked_on_ledger(record.rev_reg_id)
+
+    async def _publish_revocation(self, record: IssuedPrescription) -> None:
+        """Revoke in the agent and publish; confirmed by reading the ledger, because ACA-Py answers the
+        revoke with 200 even when the ledger write failed (a pool without quorum). A revocation the
+        wallet already holds but the ledger lacks is published again from the wallet's list."""
+        not_published = unavailable("the credential's revocation did not reach the ledger (the token is "
+                                    "cancelled: no pharmacy can redeem it)")
+        try:
+            await self.ctx.admin.revoke(record.rev_reg_id, record.cred_rev_id,
+                                        connection_id=record.connection_id, thread_id=record.thread_id)
+        except AdminApiError as exc:
+            LOG.warning("prescription %s: revocation not published: %s", record.prescription_id, exc.reason)
+            raise not_published from None
+        if await self._revoked_on_ledger(record):
+            return
+        if record.revoke_attempts:  # revoked in the wallet before, not on the ledger: publish the wallet's list
+            try:
+                await self.ctx.admin.publish_wallet_revocations(record.rev_reg_id)
+            except AdminApiError as exc:
+                LOG.warning("prescription %s: republishing failed: %s", record.prescription_id, exc.reason)
+            if await self._revoked_on_ledger(record):
+                return
+        record.revoke_attempts += 1
+        self.records.put(record.prescription_id, record)
+        raise not_published
 
     # -- offers nobody takes -------------------------------------------------------------------------
     async def expire_stale_offers(self, now: float | None = None) -> list[str]:
@@ -334,7 +357,7 @@ class DoctorService:
 
     async def expire_stale_forever(self) -> None:
         """The doctor's housekeeping loop: no event announces that a wallet never answered."""
-        interval = min(self.ctx.network.settings.offers.unstored_after_s, 240) / 4
+        interval = min(self.ctx.network.settings.offers.unstored_after_s, 60) / 4
         while True:
             try:
                 if expired := await self.expire_stale_offers():

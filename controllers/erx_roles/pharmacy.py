@@ -38,7 +38,7 @@ from erx_roles.api import Api, Page, PageQuery, WaitQuery, read_page
 from erx_roles.connections import connection_api, require_active_connection
 from erx_roles.context import RoleContext
 from erx_roles.dispensing import ChainFacts, Presented, abandoned, decide, examine, shown
-from erx_roles.http import ApiError, not_found
+from erx_roles.http import ApiError, not_found, unavailable
 from erx_roles.integrators import Scope
 from erx_schemas.fhir import medication_dispense
 from erx_schemas.prescription import Refusal, RefusalReason, RevealedPrescription, dispensing_proof_request
@@ -152,16 +152,12 @@ class PharmacyService:
 
     async def _recover_spend(self, check: StoredCheck) -> None:
         async with self._lock(check.check_id):
-            await self._finish_spend(check)
+            check = self._get(check.check_id)
+            if check.state == CheckState.DISPENSING:
+                await self._finish_spend(check)
 
     async def _recover_request(self, check: StoredCheck) -> None:
-        try:
-            record = await self.ctx.admin.presentation_exchange(check.pres_ex_id)
-        except AgentUnreachable:
-            raise
-        except AdminApiError:
-            return  # still unanswered requests may have been cleaned up by the agent: left as they are
-        await self._settle(check.check_id, record)
+        await self._settle(check.check_id, None)
 
     # -- checks nobody finishes --------------------------------------------------------------------
     async def expire_stale(self, now: float | None = None) -> list[str]:
@@ -196,6 +192,13 @@ class PharmacyService:
                         await self._recover_request(check)
                     except (AdminApiError, ChainError) as exc:  # still down: next round
                         LOG.warning("check %s not settled yet: %s", check.check_id, exc)
+                for check in list(self.checks.find_all("state", CheckState.DISPENSING)):
+                    if self._lock(check.check_id).locked():
+                        continue  # a dispense is under way
+                    try:
+                        await self._recover_spend(check)
+                    except (AdminApiError, ChainError, ApiError) as exc:
+                        LOG.warning("check %s: spend not finished yet: %s", check.check_id, exc)
                 if expired := await self.expire_stale():
                     LOG.info("%d check(s) timed out", len(expired))
             except Exception:  # e.g. the agent is restarting: try again next round
@@ -229,13 +232,21 @@ class PharmacyService:
         if check is not None:
             await self._settle(check.check_id, PresentationExchange.model_validate(payload))
 
-    async def _settle(self, check_id: str, exchange: PresentationExchange) -> None:
+    async def _settle(self, check_id: str, exchange: PresentationExchange | None) -> None:
         """The one place an agent's presentation exchange state moves a check: from the webhook and
-        from start-up recovery alike. Only a check still `requested` moves."""
+        from start-up recovery and housekeeping alike (these pass None: the exchange is read here,
+        under the check's lock, so it is never a stale read). Only a check still `requested` moves."""
         async with self._lock(check_id):
             check = self._get(check_id)
             if check.state != CheckState.REQUESTED:
                 return
+            if exchange is None:
+                try:
+                    exchange = await self.ctx.admin.presentation_exchange(check.pres_ex_id)
+                except AgentUnreachable:
+                    raise
+                except AdminApiError:
+                    return  # an unanswered request the agent has cleaned up: left to time out
             if exchange.state == PresExState.PRESENTATION_RECEIVED:
                 await self._verify(check)
             elif exchange.state == PresExState.DONE and exchange.verified is not None:
@@ -256,8 +267,11 @@ class PharmacyService:
             except AdminApiError as exc:
                 if isinstance(exc, AgentUnreachable) or exc.status >= 500:
                     raise  # transient (agent restarting, ledger unreachable): settled again later
-                await self._refuse(check, RefusalReason.INVALID_PRESENTATION, exc.reason)
-                return
+                record = await self.ctx.admin.presentation_exchange(check.pres_ex_id)
+                if record.state != PresExState.DONE or record.verified is None:
+                    await self._refuse(check, RefusalReason.INVALID_PRESENTATION, exc.reason)
+                    return
+                # verified already (by an attempt a transient fault interrupted): decide from that record
         presented = examine(record.request, record.presentation, record.verified,
                             self.ctx.network.prescription_schema_id)
         chain = await self._chain_facts(presented.prescription) if isinstance(presented, Presented) else None
@@ -305,8 +319,13 @@ class PharmacyService:
 
     # -- dispensing -------------------------------------------------------------------------------------
     async def dispense(self, check_id: str) -> StoredCheck:
+        """Spend the token. Asking again after a 503 finishes the same dispense: a journaled spend is
+        resumed (the chain accepts it at most once), an unsent one is sent."""
         async with self._lock(check_id):
             check = self._get(check_id)
+            if check.state == CheckState.DISPENSING:
+                await self._finish_spend(check)
+                return self._get(check_id)
             if check.state != CheckState.VERIFIED:
                 raise ApiError(409, f"check is {check.state}; only a verified prescription can be dispensed",
                                check=public(check).model_dump(mode="json"))
@@ -316,7 +335,12 @@ class PharmacyService:
             return self._get(check_id)
 
     async def _spend(self, check: StoredCheck) -> None:
-        secret_key = await self._secret_key(check)
+        try:
+            secret_key = await self._secret_key(check)
+        except AgentUnreachable:  # nothing was sent: the check is as it was, dispensable again
+            check.state = CheckState.VERIFIED
+            self._save(check)
+            raise
         if secret_key is None:
             await self._refuse(check, RefusalReason.INVALID_PRESENTATION, "the presentation is no longer available")
             return
@@ -353,10 +377,13 @@ class PharmacyService:
                   Cancelled: RefusalReason.CANCELLED, UnknownToken: RefusalReason.UNKNOWN_TOKEN,
                   Expired: RefusalReason.EXPIRED, NotYetValid: RefusalReason.EXPIRED,
                   BadSignature: RefusalReason.INVALID_PRESENTATION}.get(type(exc))
-        if reason is None:  # the chain is unreachable or similar: stay in `dispensing`, retried at restart
+        if reason is None:  # the chain is unreachable or similar: transient, never a verdict
             LOG.error("check %s: spend did not complete: %s", check.check_id, exc)
-            raise ApiError(503, f"the chain did not confirm the spend ({type(exc).__name__}); it is retried "
-                                "when the controller restarts — do not hand out the medication yet")
+            if check.spend_raw_tx is None:  # nothing signed reached the chain: dispensable again
+                check.state = CheckState.VERIFIED
+                self._save(check)
+            raise unavailable(f"the chain did not confirm the spend ({type(exc).__name__}); dispense again to "
+                              "finish it — do not hand out the medication yet")
         await self._refuse(check, reason, str(exc))
 
     async def _dispensed(self, check: StoredCheck, tx_hash: str) -> None:

@@ -48,6 +48,9 @@ class FakeAdmin:
         self.revoke_failures = 0
         self.revoked: list[tuple[str, str]] = []
         self.exchanges: dict[str, CredentialExchange] = {}
+        self.unpublished: set[tuple[str, str]] = set()  # revoked in the wallet, the ledger write failed
+        self.republished: list[str] = []
+        self.ledger_write_fails = 0
 
     async def delete_credential_exchange(self, cred_ex_id: str) -> None:
         self.deleted.append(cred_ex_id)
@@ -56,7 +59,19 @@ class FakeAdmin:
         if self.revoke_failures:
             self.revoke_failures -= 1
             raise AgentUnreachable("POST", "/anoncreds/revocation/revoke", 0, "timed out: pool without quorum")
-        self.revoked.append((rev_reg_id, cred_rev_id))
+        if (rev_reg_id, cred_rev_id) not in self.revoked:
+            self.revoked.append((rev_reg_id, cred_rev_id))
+        if self.ledger_write_fails:  # ACA-Py answers 200 although the ledger write failed
+            self.ledger_write_fails -= 1
+            self.unpublished.add((rev_reg_id, cred_rev_id))
+
+    async def revoked_on_ledger(self, rev_reg_id: str) -> set[int]:
+        return {int(c) for r, c in self.revoked if r == rev_reg_id and (r, c) not in self.unpublished}
+
+    async def publish_wallet_revocations(self, rev_reg_id: str) -> dict:
+        self.republished.append(rev_reg_id)
+        self.unpublished.clear()
+        return {}
 
     async def credential_exchange(self, cred_ex_id: str) -> CredentialExchange:
         if cred_ex_id not in self.exchanges:
@@ -163,3 +178,18 @@ async def test_an_issuance_stuck_at_its_token_is_settled_from_the_chain(tmp_path
     assert "cancelled" in service.records.get(created.prescription_id).error
     assert service.records.get(lost.prescription_id).state == PrescriptionState.FAILED
     assert service.records.get(young.prescription_id).state == PrescriptionState.CREATING_TOKEN
+
+
+async def test_a_revocation_the_ledger_did_not_take_is_not_reported_revoked(tmp_path):
+    """ACA-Py answers the revoke with 200 when the pool has no quorum; only the ledger says whether
+    it is revoked. Asked again, the wallet's revocations are published."""
+    service, admin, chain, outbox = doctor(tmp_path)
+    record = prescription(service, PrescriptionState.ISSUED, rev_reg_id="r", cred_rev_id="7")
+    admin.ledger_write_fails = 1
+    with pytest.raises(ApiError) as first:
+        await service.revoke(record.prescription_id)
+    assert first.value.status == 503 and service.records.get(record.prescription_id).state == PrescriptionState.ISSUED
+    assert outbox.events() == []
+    done = await service.revoke(record.prescription_id)
+    assert done.state == PrescriptionState.REVOKED and admin.republished == ["r"]
+    assert await admin.revoked_on_ledger("r") == {7}
