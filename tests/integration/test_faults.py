@@ -516,7 +516,7 @@ async def test_doctor_controller_killed_while_creating_the_token_the_prescriptio
     """Killed while the record says `creating_token` (the token's transaction on its way): the process
     that held the one-time key is gone, so once the controller is back the prescription must not stay
     `creating_token`; within SETTLE_AFTER_RESTART_S it ends issued, or declined/failed with no redeemable
-    token. (The doctor's `UNFINISHED_CREATE_AFTER_S`, 10 min, waits longer than this test does.)"""
+    token (the doctor settles one older than `UNFINISHED_CREATE_AFTER_S`)."""
     store = Store(network.paths.controllers / f"{DOCTOR}.db")
     records = store.table("prescription", IssuedPrescription)
     post = asyncio.create_task(faults.client(DOCTOR).post(

@@ -301,7 +301,8 @@ async def test_the_whole_flow_through_the_pages(network: Network, wallet_agent: 
     await expect(request).to_contain_text(network.settings.agent(PHARMACY).label)
     await request.locator("button.decline").click()
     refusal = pharmacy.locator(".check-state[data-state=refused] .refusal")
-    await expect(refusal).to_have_attribute("data-reason", "invalid_presentation")
+    await expect(refusal).to_have_attribute("data-reason", "declined")  # the pharmacist learns what happened
+    await expect(refusal).to_contain_text("declined")
     await pharmacy.goto(network.page_url(PHARMACY))
     await expect(pharmacy.locator(f"#history tr[data-check-id='{dispensed_check}']")).to_contain_text("dispensed")
     await shot(pharmacy, "25-pharmacy-history")
