@@ -430,13 +430,6 @@ class AcaPyAdmin:
         return (await self._get("/anoncreds/revocation/credential-record",
                                 cred_ex_id=self._id("record", cred_ex_id)))["result"]
 
-    async def revoked_on_ledger(self, rev_reg_id: str) -> set[int]:
-        """The revocation indexes the ledger's registry marks revoked (what verifiers see)."""
-        path = self._path("/anoncreds/revocation/registry/{id}/issued/indy_recs", id=("rev_reg", rev_reg_id))
-        found = await self._get(path)
-        delta = found.get("rev_reg_delta") or found.get("rev_list") or {}
-        return {int(i) for i in (delta.get("value") or delta).get("revoked", [])}
-
     async def publish_wallet_revocations(self, rev_reg_id: str) -> dict:
         """Write the registry's revocations as the agent's wallet has them to the ledger: finishes a
         revocation whose publication failed (ACA-Py then still answers the revoke with 200)."""

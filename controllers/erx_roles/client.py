@@ -41,3 +41,13 @@ class ControllerClient:
 
     async def post(self, path: str, body: Any = None, **params: Any) -> Any:
         return await self.request("POST", path, body if body is not None else {}, **params)
+
+    async def every_page(self, path: str, page_size: int = 200) -> list[Any]:
+        """Every item of a paged list (`{"items", "next", "total"}`), following `next` to the end."""
+        items: list[Any] = []
+        after = None
+        while True:
+            page = await self.get(path, limit=page_size, **({"after": after} if after else {}))
+            items += page["items"]
+            if not (after := page["next"]):
+                return items

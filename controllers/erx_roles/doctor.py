@@ -29,6 +29,7 @@ from erx_core.events import EventTimeout, Payload
 from erx_core.ids import RecordId
 from erx_core.recovery import SetAside
 from erx_core.webhooks import EventType
+from erx_indy.ledger import IndyLedgerError
 from erx_roles.api import Api, Page, PageQuery, WaitQuery, read_page
 from erx_roles.connections import connection_api, require_active_connection
 from erx_roles.context import RoleContext
@@ -312,7 +313,10 @@ class DoctorService:
             return self._commit(record, EventType.REVOKED)
 
     async def _revoked_on_ledger(self, record: IssuedPrescription) -> bool:
-        return int(record.cred_rev_id) in await self.ctx.admin.revoked_on_ledger(record.rev_reg_id)
+        try:
+            return int(record.cred_rev_id) in await self.ctx.ledger.revoked_indexes(record.rev_reg_id)
+        except IndyLedgerError as exc:
+            raise unavailable(f"the Indy network did not answer ({exc})") from None
 
     async def _publish_revocation(self, record: IssuedPrescription) -> None:
         """Revoke in the agent and publish; confirmed by reading the ledger, because ACA-Py answers the

@@ -12,7 +12,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from erx_contracts.errors import ChainUnavailable, TransactionTimeout
-from erx_core.acapy_admin import AgentUnreachable
+from erx_core.acapy_admin import AdminApiError, AgentUnreachable
 from erx_core.store import UnreadableRecord
 from erx_schemas.prescription import input_context
 
@@ -165,6 +165,12 @@ def api_middlewares(authenticate: Authenticate, public_paths: Callable[[], set[s
             LOG.warning("%s %s: %s", request.method, request.path, exc.reason)
             exc = unavailable("the organisation's agent did not answer")
             return web.json_response({"error": exc.reason}, status=503, headers=exc.headers)
+        except AdminApiError as exc:  # the agent answered with an error no service turned into a verdict
+            LOG.warning("%s %s: agent answered %s: %s", request.method, request.path, exc.status, exc.reason[:300])
+            if exc.status >= 500:
+                exc = unavailable("the organisation's agent failed to answer")
+                return web.json_response({"error": exc.reason}, status=503, headers=exc.headers)
+            return web.json_response({"error": f"the organisation's agent refused: {exc.reason[:300]}"}, status=502)
         except (ChainUnavailable, TransactionTimeout) as exc:
             LOG.warning("%s %s: %s", request.method, request.path, exc)
             exc = unavailable("the chain did not answer")

@@ -231,6 +231,13 @@ class IndyLedger:
             return None
         return {**data, "seqNo": reply["seqNo"]}
 
+    async def revoked_indexes(self, rev_reg_id: str) -> set[int]:
+        """The credential revocation indexes the ledger's revocation registry marks revoked, now: what
+        every verifier sees. Raises LedgerTimeout when the pool does not answer."""
+        reply = await self._submit(ledger.build_get_revoc_reg_delta_request(None, rev_reg_id, None, int(time.time())))
+        value = (reply.get("data") or {}).get("value") or {}
+        return {int(i) for i in value.get("revoked") or []}
+
     async def get_nym(self, did: str, *, require_state_proof: bool = True) -> NymRecord | None:
         """The DID's NYM record, or None if the ledger has none; either answer state-proven.
 

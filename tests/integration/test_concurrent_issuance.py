@@ -9,6 +9,7 @@ import asyncio
 import pytest
 
 from erx_core.network import Network
+from erx_indy.ledger import IndyLedger
 from erx_roles.scenario import Scenario, sample_order
 
 pytestmark = pytest.mark.integration
@@ -38,13 +39,13 @@ async def test_concurrent_revocable_issuance_gives_unique_revocation_ids(network
 
     # revoke a few, one by one: after each, the ledger marks exactly the ones revoked so far
     revoked: set[tuple[str, int]] = set()
-    async with network.admin(DOCTOR) as admin:
+    async with await IndyLedger.open(network.genesis_file) as ledger:
         for prescription in issued[:: CONCURRENT // 5]:
             after = await scenario.revoke(DOCTOR, prescription["prescription_id"])
             assert after["state"] == "revoked", after
             revoked.add((prescription["rev_reg_id"], int(prescription["cred_rev_id"])))
             for rev_reg_id in {r for r, _ in ids}:
-                on_ledger = await admin.revoked_on_ledger(rev_reg_id)
+                on_ledger = await ledger.revoked_indexes(rev_reg_id)
                 assert on_ledger == {i for r, i in revoked if r == rev_reg_id}
 
     # a sibling that was not revoked still verifies; a revoked one is refused

@@ -391,19 +391,11 @@ async def test_presentation_arriving_while_the_pharmacy_controller_is_down_is_ch
 OPERATOR_PATHS = r"^/api/(integrators|trusted-prescribers|webhooks)"
 
 
-async def every_page(client: ControllerClient, path: str) -> list[dict]:
-    items, after = [], None
-    while True:
-        page = await client.get(path, limit=200, **({"after": after} if after else {}))
-        items += page["items"]
-        if not (after := page["next"]):
-            return items
-
 
 async def shared_state(operator: Scenario, organisation: str) -> dict[str, dict[str, dict]]:
     """What the fuzzer may change and later tests rely on: trust list, integrators, subscriptions."""
     client = operator.client(organisation)
-    state = {"trusted": {t["cred_def_id"]: t for t in await every_page(client, "/api/trusted-prescribers")}
+    state = {"trusted": {t["cred_def_id"]: t for t in await client.every_page("/api/trusted-prescribers")}
              if organisation != DOCTOR else {}}
     state["integrators"] = {i["integrator_id"]: i for i in await client.get("/api/integrators")}
     state["webhooks"] = {w["subscription_id"]: w for w in await client.get("/api/webhooks")}

@@ -83,7 +83,8 @@ def doctor(tmp_path) -> tuple[DoctorService, FakeAdmin, FakeChain, Outbox]:
     store = Store(tmp_path / "doctor.db")
     admin, chain, outbox = FakeAdmin(), FakeChain(), Outbox(store, "doctor", WebhookSettings())
     settings = SimpleNamespace(offers=OfferSettings(unstored_after_s=600))
-    ctx = SimpleNamespace(store=store, bus=EventBus(), admin=admin, outbox=outbox, chain=chain,
+    ledger = SimpleNamespace(revoked_indexes=admin.revoked_on_ledger)  # the pool, as the fake agent published it
+    ctx = SimpleNamespace(store=store, bus=EventBus(), admin=admin, outbox=outbox, chain=chain, ledger=ledger,
                           network=SimpleNamespace(settings=settings))
     return DoctorService(ctx), admin, chain, outbox
 
