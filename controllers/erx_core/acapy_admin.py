@@ -430,12 +430,6 @@ class AcaPyAdmin:
         return (await self._get("/anoncreds/revocation/credential-record",
                                 cred_ex_id=self._id("record", cred_ex_id)))["result"]
 
-    async def publish_wallet_revocations(self, rev_reg_id: str) -> dict:
-        """Write the registry's revocations as the agent's wallet has them to the ledger: finishes a
-        revocation whose publication failed (ACA-Py then still answers the revoke with 200)."""
-        path = self._path("/anoncreds/revocation/registry/{id}/fix-revocation-entry-state", id=("rev_reg", rev_reg_id))
-        return await self._request("PUT", path, params={"apply_ledger_update": "true"})
-
     async def revoke(self, rev_reg_id: str, cred_rev_id: str, *, connection_id: str | None = None,
                      thread_id: str | None = None, comment: str | None = None) -> dict:
         """Revoke and publish. With a connection, the holder's wallet is told with a revocation

@@ -40,6 +40,7 @@ from erx_schemas.prescription import Prescriber, Prescription, PrescriptionOrder
 LOG = logging.getLogger("erx.doctor")
 ISSUE_TOPIC = "issue_credential_v2_0"
 # an issuance still at its token after this long will not go on: the controller lost the one-time key
+REVOCATION_VISIBLE_S = 8.0  # how long a revoke waits for the pool to show the revocation it published
 UNFINISHED_CREATE_AFTER_S = 90  # > the chain client's receipt timeout: no create of this process is still waiting
 
 
@@ -66,7 +67,6 @@ class IssuedPrescription(BaseModel):
     rev_reg_id: str | None = None
     cred_rev_id: str | None = None
     revoke_tx: str | None = None
-    revoke_attempts: int = 0  # revocations the agent accepted but the ledger did not show
     error: str | None = None
     created_at: float = Field(default_factory=time.time)
 
@@ -312,36 +312,34 @@ class DoctorService:
             record.state = PrescriptionState.REVOKED
             return self._commit(record, EventType.REVOKED)
 
-    async def _revoked_on_ledger(self, record: IssuedPrescription) -> bool:
-        try:
-            return int(record.cred_rev_id) in await self.ctx.ledger.revoked_indexes(record.rev_reg_id)
-        except IndyLedgerError as exc:
-            raise unavailable(f"the Indy network did not answer ({exc})") from None
+    async def _revoked_on_ledger(self, record: IssuedPrescription, wait_s: float = 0) -> bool:
+        """Does the pool's registry mark this credential revoked? With `wait_s`, read again until it does:
+        a read right after a write can reach a validator that has not committed it yet."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                revoked = int(record.cred_rev_id) in await self.ctx.ledger.revoked_indexes(record.rev_reg_id)
+            except IndyLedgerError as exc:
+                raise unavailable(f"the Indy network did not answer ({exc})") from None
+            if revoked or time.monotonic() >= deadline:
+                return revoked
+            await asyncio.sleep(0.3)
 
     async def _publish_revocation(self, record: IssuedPrescription) -> None:
-        """Revoke in the agent and publish; confirmed by reading the ledger, because ACA-Py answers the
-        revoke with 200 even when the ledger write failed (a pool without quorum). A revocation the
-        wallet already holds but the ledger lacks is published again from the wallet's list."""
-        not_published = unavailable("the credential's revocation did not reach the ledger (the token is "
-                                    "cancelled: no pharmacy can redeem it)")
+        """Revoke in the agent and publish; confirmed by reading the pool, because ACA-Py answers the
+        revoke with 200 even when the ledger write failed (a pool without quorum). Asked again, the
+        agent skips what its wallet already marks revoked, and the pool is read again: a write the
+        surviving validators kept is ordered once quorum is back."""
         try:
             await self.ctx.admin.revoke(record.rev_reg_id, record.cred_rev_id,
                                         connection_id=record.connection_id, thread_id=record.thread_id)
         except AdminApiError as exc:
             LOG.warning("prescription %s: revocation not published: %s", record.prescription_id, exc.reason)
-            raise not_published from None
-        if await self._revoked_on_ledger(record):
-            return
-        if record.revoke_attempts:  # revoked in the wallet before, not on the ledger: publish the wallet's list
-            try:
-                await self.ctx.admin.publish_wallet_revocations(record.rev_reg_id)
-            except AdminApiError as exc:
-                LOG.warning("prescription %s: republishing failed: %s", record.prescription_id, exc.reason)
-            if await self._revoked_on_ledger(record):
+        else:
+            if await self._revoked_on_ledger(record, wait_s=REVOCATION_VISIBLE_S):
                 return
-        record.revoke_attempts += 1
-        self.records.put(record.prescription_id, record)
-        raise not_published
+        raise unavailable("the credential's revocation is not on the ledger yet (the token is cancelled: no "
+                          "pharmacy can redeem it)")
 
     # -- offers nobody takes -------------------------------------------------------------------------
     async def expire_stale_offers(self, now: float | None = None) -> list[str]:

@@ -49,7 +49,6 @@ class FakeAdmin:
         self.revoked: list[tuple[str, str]] = []
         self.exchanges: dict[str, CredentialExchange] = {}
         self.unpublished: set[tuple[str, str]] = set()  # revoked in the wallet, the ledger write failed
-        self.republished: list[str] = []
         self.ledger_write_fails = 0
 
     async def delete_credential_exchange(self, cred_ex_id: str) -> None:
@@ -67,11 +66,6 @@ class FakeAdmin:
 
     async def revoked_on_ledger(self, rev_reg_id: str) -> set[int]:
         return {int(c) for r, c in self.revoked if r == rev_reg_id and (r, c) not in self.unpublished}
-
-    async def publish_wallet_revocations(self, rev_reg_id: str) -> dict:
-        self.republished.append(rev_reg_id)
-        self.unpublished.clear()
-        return {}
 
     async def credential_exchange(self, cred_ex_id: str) -> CredentialExchange:
         if cred_ex_id not in self.exchanges:
@@ -181,9 +175,10 @@ async def test_an_issuance_stuck_at_its_token_is_settled_from_the_chain(tmp_path
     assert service.records.get(young.prescription_id).state == PrescriptionState.CREATING_TOKEN
 
 
-async def test_a_revocation_the_ledger_did_not_take_is_not_reported_revoked(tmp_path):
+async def test_a_revocation_the_ledger_did_not_take_is_not_reported_revoked(tmp_path, monkeypatch):
     """ACA-Py answers the revoke with 200 when the pool has no quorum; only the ledger says whether
-    it is revoked. Asked again, the wallet's revocations are published."""
+    it is revoked. Until it does, the prescription is `revoking`."""
+    monkeypatch.setattr("erx_roles.doctor.REVOCATION_VISIBLE_S", 0.05)
     service, admin, chain, outbox = doctor(tmp_path)
     record = prescription(service, PrescriptionState.ISSUED, rev_reg_id="r", cred_rev_id="7")
     admin.ledger_write_fails = 1
@@ -191,6 +186,8 @@ async def test_a_revocation_the_ledger_did_not_take_is_not_reported_revoked(tmp_
         await service.revoke(record.prescription_id)
     assert first.value.status == 503 and service.records.get(record.prescription_id).state == PrescriptionState.ISSUED
     assert outbox.events() == []
+    assert (await service.view(service.records.get(record.prescription_id))).status == "revoking"
+    admin.unpublished.clear()  # the validators that kept the write order it once quorum is back
     done = await service.revoke(record.prescription_id)
-    assert done.state == PrescriptionState.REVOKED and admin.republished == ["r"]
-    assert await admin.revoked_on_ledger("r") == {7}
+    assert done.state == PrescriptionState.REVOKED and await admin.revoked_on_ledger("r") == {7}
+    assert admin.revoked == [("r", "7")], "revoked once in the wallet"
