@@ -310,7 +310,7 @@ async def test_the_whole_flow_through_the_pages(network: Network, wallet_agent: 
 
     # -- no secret reached a page -----------------------------------------------------------------------------------
     async with network.admin(WALLET) as admin:
-        token_keys = [c["attrs"]["token_secret_key"] for c in await admin.credentials()]
+        token_keys = [c.attrs["token_secret_key"] for c in await admin.credentials()]
     secrets = [network.secrets.controller_api_key(a).get_secret_value() for a in (DOCTOR, PHARMACY, WALLET)]
     secrets += [network.secrets.session_key(a).get_secret_value() for a in (DOCTOR, PHARMACY, WALLET)]
     for page in (doctor, wallet, pharmacy):
