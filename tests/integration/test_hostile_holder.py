@@ -160,7 +160,9 @@ class RogueWallet:
 
     def __init__(self, network: Network):
         self.network = network
-        self.agent = manual_wallet(WALLET)  # free ports; no public DID; nothing answered on its own
+        # free ports; no public DID; nothing answered on its own. A label of its own: organisations list
+        # their connections by label, and the pages test picks its wallet's connection by that label
+        self.agent = manual_wallet(WALLET).model_copy(update={"label": "Rogue holder"})
         self.spec_name = f"agent-{WALLET}"
         self.admin = Admin.of(network, WALLET, self.agent.admin_port)
 

@@ -293,7 +293,7 @@ async def test_the_whole_flow_through_the_pages(network: Network, wallet_agent: 
     await pharmacy.click("#new-invitation")
     url, _ = await check_qr(pharmacy.locator("#customers figure.qr"), "24-pharmacy-connect-qr")
     await open_in_wallet(wallet, url, f"Connected to {network.settings.agent(PHARMACY).label}")
-    customer = pharmacy.locator("#customers li[data-connection-id]").first
+    customer = pharmacy.locator("#customers li[data-connection-id]", has_text=network.settings.agent(WALLET).label).first
     await expect(customer).to_contain_text(network.settings.agent(WALLET).label)
     await customer.locator("button").click()
     await expect(pharmacy.locator(".check-state[data-state=requested]")).to_contain_text("customer's wallet")
