@@ -8,6 +8,8 @@ import datetime as dt
 import json
 
 import pytest
+
+from erx_schemas.prescription import input_context
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import BaseModel, Field, ValidationError
@@ -20,6 +22,12 @@ from erx_schemas.prescription import PrescriptionOrder
 
 AUTH = {"Authorization": "Bearer tok"}
 TODAY = dt.date.today()
+
+
+@pytest.fixture(autouse=True)
+def same_day(monkeypatch):
+    """The rules' "today" is the day this module computed its dates on: a run may cross midnight."""
+    monkeypatch.setattr("erx_roles.http.input_context", lambda: input_context(TODAY))
 ORDER = {"patient_name": "Erika Mustermann", "patient_birth_date": "1964-08-12",
          "medication": {"name": "Ibuprofen", "code": "M01AE01", "code_system": "ATC", "strength": "400 mg",
                         "form": "tablet"},
