@@ -319,6 +319,35 @@ async def test_one_validator_down_the_flow_still_works(network: Network, faults:
 
 
 # -- 2. two validators down: no quorum ---------------------------------------------------------------------
+async def _revoke_without_quorum(network: Network, faults: Faults, pid: str, problems: list[str]) -> None:
+    """Kill two validators that are not the primary, then revoke: the answer must be a 503 with
+    Retry-After within 60 s. What happened goes into the notes, what is wrong into `problems`."""
+    victims, primary = await non_primary_validators(network, 2)
+    faults.note(f"primary {primary}; killing {victims}")
+    for victim in victims:
+        kill(network, victim)
+    mark = log_size(network, f"agent-{DOCTOR}")
+    started = time.monotonic()
+    try:
+        answered = await faults.revoke(DOCTOR, pid)
+        elapsed = time.monotonic() - started
+        faults.note(f"revoke without quorum: 200 after {elapsed:.1f} s, state {answered['state']}")
+        problems.append(f"revoke without quorum answered 200 ({answered['state']}, status "
+                        f"{answered['status']}) after {elapsed:.1f} s, expected 503 with Retry-After")
+    except FaultApiError as exc:
+        elapsed = time.monotonic() - started
+        faults.note(f"revoke without quorum: {exc.status} after {elapsed:.1f} s: {exc.body}; "
+                    f"Retry-After {exc.headers.get('Retry-After')}")
+        if exc.status != 503 or not exc.headers.get("Retry-After"):
+            problems.append(f"revoke without quorum: {exc.status} (Retry-After "
+                            f"{exc.headers.get('Retry-After')}), expected 503 with Retry-After: {exc.body}")
+    if elapsed > 60:
+        problems.append(f"the revoke took {elapsed:.0f} s to answer")
+    for line in log_lines(network, f"agent-{DOCTOR}", "Revocation list update failed",
+                          "/anoncreds/revocation/revoke", since=mark):
+        faults.note(f"agent-doctor log: {line}")
+
+
 async def test_two_validators_down_revoke_is_a_bounded_503_then_completes(network: Network, faults: Faults):
     """Without quorum the revocation cannot reach the ledger: the revoke answers 503 with Retry-After in
     bounded time, the token is cancelled at once, the record shows `revoking`; once the pool is back the
@@ -327,31 +356,8 @@ async def test_two_validators_down_revoke_is_a_bounded_503_then_completes(networ
     problems: list[str] = []
     prescription, credential = await faults.issued()
     pid = prescription["prescription_id"]
-    victims, primary = await non_primary_validators(network, 2)
-    faults.note(f"primary {primary}; killing {victims}")
     try:
-        for victim in victims:
-            kill(network, victim)
-        mark = log_size(network, f"agent-{DOCTOR}")
-        started = time.monotonic()
-        try:
-            answered = await faults.revoke(DOCTOR, pid)
-            elapsed = time.monotonic() - started
-            faults.note(f"revoke without quorum: 200 after {elapsed:.1f} s, state {answered['state']}")
-            problems.append(f"revoke without quorum answered 200 ({answered['state']}, status "
-                            f"{answered['status']}) after {elapsed:.1f} s, expected 503 with Retry-After")
-        except FaultApiError as exc:
-            elapsed = time.monotonic() - started
-            faults.note(f"revoke without quorum: {exc.status} after {elapsed:.1f} s: {exc.body}; "
-                        f"Retry-After {exc.headers.get('Retry-After')}")
-            if exc.status != 503 or not exc.headers.get("Retry-After"):
-                problems.append(f"revoke without quorum: {exc.status} (Retry-After "
-                                f"{exc.headers.get('Retry-After')}), expected 503 with Retry-After: {exc.body}")
-        if elapsed > 60:
-            problems.append(f"the revoke took {elapsed:.0f} s to answer")
-        for line in log_lines(network, f"agent-{DOCTOR}", "Revocation list update failed",
-                              "/anoncreds/revocation/revoke", since=mark):
-            faults.note(f"agent-doctor log: {line}")
+        await _revoke_without_quorum(network, faults, pid, problems)
         view = await faults.prescription(pid)
         faults.note(f"record without quorum: state {view['state']}, status {view['status']}")
         if (view["state"], view["status"]) != ("issued", "revoking"):
@@ -415,20 +421,9 @@ async def test_revocation_submitted_without_quorum_is_not_lost_when_the_pool_res
     problems: list[str] = []
     prescription, credential = await faults.issued()
     pid = prescription["prescription_id"]
-    victims, primary = await non_primary_validators(network, 2)
-    faults.note(f"primary {primary}; killing {victims}, then the others")
     try:
-        for victim in victims:
-            kill(network, victim)
-        mark = log_size(network, f"agent-{DOCTOR}")
-        started = time.monotonic()
-        try:
-            answered = await faults.revoke(DOCTOR, pid)
-            faults.note(f"revoke without quorum: 200 after {time.monotonic() - started:.1f} s, {answered['state']}")
-        except FaultApiError as exc:
-            faults.note(f"revoke without quorum: {exc.status} after {time.monotonic() - started:.1f} s: {exc.body}")
-        for line in log_lines(network, f"agent-{DOCTOR}", "Revocation list update failed", since=mark):
-            faults.note(f"agent-doctor log: {line}")
+        await _revoke_without_quorum(network, faults, pid, problems)
+        faults.note("killing the other validators too")
         for name in validator_names(network):
             if network.supervisor.is_running(name):
                 kill(network, name)
