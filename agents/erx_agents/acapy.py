@@ -1,14 +1,44 @@
 """How one ACA-Py agent is started: askar-anoncreds wallet, admin API key, webhooks to its controller.
 
-Secrets (wallet key, DID seed, admin API key, webhook key) go to the agent through ACA-Py's own
-environment variables, never on the command line, where any local user could read them in `ps`.
+The wallet is an SQLite file under the agent's home by default, or a PostgreSQL database
+(`WalletStorage`).
+
+Secrets (wallet key, DID seed, admin API key, webhook key, the wallet database's password) go to the
+agent through ACA-Py's own environment variables, never on the command line, where any local user
+could read them in `ps`.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, Field, SecretStr
+
+
+class WalletStorage(BaseModel):
+    """askar's wallet in PostgreSQL (ACA-Py's `postgres_storage`), in the database named as the wallet
+    (`AgentLaunch.wallet_name`). askar creates that database itself on the agent's first start, as
+    `account`, which therefore needs the right to create databases
+    (`erx_core.postgres.PostgresCluster.ensure_role(account, password, createdb=True)`); no
+    administrator's credentials are handed to the agent. (A database made beforehand, empty, is not
+    one ACA-Py's auto-provisioning recognises: it fails to open it and does not provision it.)"""
+
+    host: str = "127.0.0.1"
+    port: int = Field(gt=0, lt=65536)
+    account: str
+    password: SecretStr
+    max_connections: int = Field(default=10, ge=1)  # askar's connection pool
+    connect_timeout_s: int = Field(default=10, ge=1)
+
+    def config(self) -> str:
+        """--wallet-storage-config (nothing secret)."""
+        return json.dumps({"url": f"{self.host}:{self.port}", "max_connections": self.max_connections,
+                           "connection_timeout": self.connect_timeout_s})
+
+    def creds(self) -> str:
+        """ACAPY_WALLET_STORAGE_CREDS: holds the password."""
+        return json.dumps({"account": self.account, "password": self.password.get_secret_value()})
 
 
 class AgentLaunch(BaseModel):
@@ -18,7 +48,7 @@ class AgentLaunch(BaseModel):
     inbound_port: int
     admin_port: int
     webhook_url: str
-    genesis_file: Path
+    genesis_file: Path | None  # None: no ledger (a wallet-only agent, e.g. in tests)
     tails_url: str
     home: Path  # ACAPY_HOME: the agent's wallet and local tails files
     wallet_key: SecretStr
@@ -27,6 +57,16 @@ class AgentLaunch(BaseModel):
     # Organisations start with a seed for their public DID (already written to the pool as ENDORSER).
     seed: SecretStr | None = None
     log_level: str = "info"
+    # None: the wallet is an SQLite file under `home`
+    wallet_storage: WalletStorage | None = None
+    # where wallets reach the agent (announced in invitations); None: the bound address. In production a
+    # reverse proxy's https URL.
+    public_endpoint: str | None = None
+
+    @property
+    def wallet_name(self) -> str:
+        """The askar store's name: its directory under `home`, or its PostgreSQL database."""
+        return f"erx-{self.name}"
 
     @property
     def admin_url(self) -> str:
@@ -34,7 +74,7 @@ class AgentLaunch(BaseModel):
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.inbound_port}"
+        return self.public_endpoint or f"http://{self.host}:{self.inbound_port}"
 
     def argv(self, aca_py: Path) -> list[str]:
         args = [
@@ -45,10 +85,16 @@ class AgentLaunch(BaseModel):
             "--endpoint", self.endpoint,
             "--admin", self.host, str(self.admin_port),
             "--wallet-type", "askar-anoncreds",
-            "--wallet-name", f"erx-{self.name}",
+            "--wallet-name", self.wallet_name,
             "--auto-provision",
-            "--genesis-file", str(self.genesis_file),
-            "--ledger-pool-name", f"erx-{self.name}",
+        ]
+        if self.wallet_storage is not None:
+            args += ["--wallet-storage-type", "postgres_storage", "--wallet-storage-config", self.wallet_storage.config()]
+        if self.genesis_file is None:
+            args += ["--no-ledger"]
+        else:
+            args += ["--genesis-file", str(self.genesis_file), "--ledger-pool-name", f"erx-{self.name}"]
+        args += [
             "--tails-server-base-url", self.tails_url,
             # Integrators and the pages need exchange records after they finish.
             "--preserve-exchange-records",
@@ -73,4 +119,6 @@ class AgentLaunch(BaseModel):
         }
         if self.seed is not None:
             env["ACAPY_WALLET_SEED"] = self.seed.get_secret_value()
+        if self.wallet_storage is not None:
+            env["ACAPY_WALLET_STORAGE_CREDS"] = self.wallet_storage.creds()
         return env

@@ -2,6 +2,7 @@
 
 from erx_contracts.artifact import ContractArtifact, load_artifact
 from erx_contracts.client import (
+    Prescriber,
     PrescriptionKey,
     PrescriptionTokenClient,
     TokenSpec,
@@ -16,6 +17,7 @@ from erx_contracts.config import ChainConfig
 __all__ = [
     "ChainConfig",
     "ContractArtifact",
+    "Prescriber",
     "PrescriptionKey",
     "PrescriptionTokenClient",
     "TokenSpec",

@@ -90,6 +90,17 @@ class TokenStatus(BaseModel):
     cancelled: bool
 
 
+class Prescriber(BaseModel):
+    """A practice in the on-chain register of trusted prescribers."""
+
+    model_config = ConfigDict(frozen=True)
+
+    did: str  # its unqualified Indy DID: the first segment of its credential definition ids
+    account: ChecksumAddress  # the chain account it creates tokens from (its last one, once offboarded)
+    since: int  # unix seconds (block time) of its latest admission
+    active: bool  # False once offboarded: its prescriptions are to be refused
+
+
 class TxResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -309,6 +320,22 @@ class PrescriptionTokenClient:
     async def remove_dispenser(self, account: str) -> TxResult:
         return await self._send_call("removeDispenser", to_checksum_address(account))
 
+    # ---- register of trusted prescribers (admin) ----------------------------------
+
+    async def add_prescriber(self, did: str, account: str) -> TxResult:
+        """Admits (or re-admits) the practice `did` and grants `account` the issuer role, in one transaction.
+
+        Typed refusals: InvalidDid (empty, > 64 bytes or not base58), ZeroAddress, PrescriberAlreadyActive,
+        AccountInUse (the account belongs to another active practice), NotAdmin."""
+        return await self._send_call("addPrescriber", did, to_checksum_address(account))
+
+    async def remove_prescriber(self, did: str) -> TxResult:
+        """Offboards the practice `did` and revokes its account's issuer role, in one transaction. Tokens it
+        created stay on chain; pharmacies refuse them because the register says untrusted.
+
+        Typed refusals: UnknownPrescriber, PrescriberInactive (already offboarded), NotAdmin."""
+        return await self._send_call("removePrescriber", did)
+
     async def transfer_admin(self, new_admin: str) -> TxResult:
         """Step 1 of the hand-over; `new_admin` completes it with accept_admin."""
         return await self._send_call("transferAdmin", to_checksum_address(new_admin))
@@ -378,6 +405,38 @@ class PrescriptionTokenClient:
             not_after=not_after,
             cancelled=cancelled,
         )
+
+    async def is_trusted_prescriber(self, did: str) -> bool:
+        """Whether the practice with this DID is currently admitted (False for any unknown string)."""
+        return (await self._call("isTrustedPrescriber", did))[0]
+
+    async def prescriber(self, did: str) -> Prescriber | None:
+        """The register's entry for `did`, offboarded or not; None if it was never registered."""
+        account, since, active = await self._call("prescriber", did)
+        if int(account, 16) == 0:
+            return None
+        return Prescriber(did=did, account=account, since=since, active=active)
+
+    async def prescriber_count(self) -> int:
+        """How many DIDs were ever registered (active or not): the bound for paging with prescribers()."""
+        return (await self._call("prescriberCount"))[0]
+
+    async def prescriber_at(self, index: int) -> Prescriber:
+        """The entry at `index` in order of first registration; IndexOutOfRange past the end."""
+        if index < 0:
+            raise ValueError(f"index must be >= 0, not {index}")
+        did, account, since, active = await self._call("prescriberAt", index)
+        return Prescriber(did=did, account=account, since=since, active=active)
+
+    async def prescribers(self, offset: int = 0, limit: int = 100) -> list[Prescriber]:
+        """Up to `limit` entries from `offset`, in order of first registration (a re-admitted practice keeps
+        its place), active and offboarded alike; empty past the end. One eth_call per page. Entries are only
+        ever appended, so offsets stay valid between pages."""
+        if offset < 0 or limit < 0:
+            raise ValueError(f"offset and limit must be >= 0, not {offset}, {limit}")
+        (rows,) = await self._call("prescribers", offset, limit)
+        return [Prescriber(did=did, account=account, since=since, active=active)
+                for did, account, since, active in rows]
 
     async def is_issuer(self, account: str) -> bool:
         return (await self._call("isIssuer", to_checksum_address(account)))[0]

@@ -121,6 +121,30 @@ class BadSignature(ContractError):
     """Not signed by the token's one-time key for this pharmacy, chain and contract."""
 
 
+class InvalidDid(ContractError):
+    """Not a DID the register takes: empty, longer than MAX_DID_LENGTH bytes, or not base58."""
+
+
+class PrescriberAlreadyActive(ContractError):
+    """The DID is already an active prescriber (with `account`); offboard it first to change its account."""
+
+
+class AccountInUse(ContractError):
+    """The account already belongs to another active prescriber, `did`."""
+
+
+class UnknownPrescriber(ContractError):
+    """The DID was never registered."""
+
+
+class PrescriberInactive(ContractError):
+    """The DID is registered but already offboarded."""
+
+
+class IndexOutOfRange(ContractError):
+    """prescriberAt(index) past the end of the register (`count` entries)."""
+
+
 class RevertedWithReason(ContractError):
     """Solidity `Error(string)`: not raised by PrescriptionToken itself."""
 

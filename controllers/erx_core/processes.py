@@ -8,11 +8,13 @@ was reused by an unrelated process is recognised and never signalled.
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -27,8 +29,13 @@ class ProcessSpec(BaseModel):
     log_file: Path
     # Ports the process will bind; checked before start so a taken port fails fast.
     ports: list[int] = Field(default_factory=list)
-    # Seconds to wait after SIGTERM before SIGKILL (nodes flush their ledgers on SIGTERM).
+    # Seconds to wait after the stop signal before SIGKILL (nodes flush their ledgers on SIGTERM).
     stop_timeout_s: float = 15.0
+    # What asks the process to stop (PostgreSQL: SIGINT, its fast shutdown; SIGTERM waits for every client).
+    stop_signal: int = signal.SIGTERM
+    # Run as this OS user (only root can switch): e.g. PostgreSQL, which refuses to run as root.
+    # None: as the supervisor's own user.
+    user: str | None = None
 
 
 class ProcessRecord(BaseModel):
@@ -37,6 +44,7 @@ class ProcessRecord(BaseModel):
     start_ticks: int
     argv: list[str]
     log_file: Path
+    stop_signal: int = signal.SIGTERM
 
 
 class PortInUse(RuntimeError):
@@ -64,6 +72,19 @@ def port_is_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def as_user(name: str | None) -> dict[str, Any]:
+    """`subprocess` keyword arguments that run a child as OS user `name` (None: as ourselves): its uid,
+    its primary group and exactly its own supplementary groups (none of the caller's, e.g. root's), and
+    its HOME/USER/LOGNAME in `env`, to be merged under the caller's own variables."""
+    if name is None:
+        return {}
+    entry = pwd.getpwnam(name)  # KeyError: no such user
+    if entry.pw_uid == os.geteuid():
+        return {}  # already that user (and only root may set groups)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": os.getgrouplist(name, entry.pw_gid),
+            "env": {"HOME": entry.pw_dir, "USER": name, "LOGNAME": name}}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -113,21 +134,27 @@ class Supervisor:
                 )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         spec.log_file.parent.mkdir(parents=True, exist_ok=True)
+        identity = as_user(spec.user)
+        # The log file is opened here, by the supervisor's user: a process run as another user writes to
+        # the inherited descriptor and needs no access to the log directory.
         with open(spec.log_file, "ab") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {spec.name}\n".encode())
             log.flush()
             proc = subprocess.Popen(
                 spec.argv,
-                env={**os.environ, **spec.env},
+                env={**os.environ, **identity.pop("env", {}), **spec.env},
                 cwd=spec.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,  # survives the CLI; its own process group for stopping
+                # survives the CLI; its own process group for stopping (by pid, whatever user it runs as:
+                # only root can start a process as another user, and root may signal it)
+                start_new_session=True,
+                **identity,
             )
         ticks = _start_ticks(proc.pid)
         rec = ProcessRecord(name=spec.name, pid=proc.pid, start_ticks=ticks or 0, argv=spec.argv,
-                            log_file=spec.log_file)
+                            log_file=spec.log_file, stop_signal=spec.stop_signal)
         self._pid_file(spec.name).write_text(rec.model_dump_json())
         return rec
 
@@ -136,12 +163,13 @@ class Supervisor:
         return self._pid_file(name).exists() and self.record(name) is None
 
     def stop(self, name: str, timeout_s: float = 15.0) -> bool:
-        """SIGTERM the process group, SIGKILL after `timeout_s`. Returns True if something was stopped."""
+        """Signal the process group (SIGTERM, or the spec's `stop_signal`), SIGKILL after `timeout_s`.
+        Returns True if something was stopped."""
         rec = self.record(name)
         if rec is None:
             self._pid_file(name).unlink(missing_ok=True)
             return False
-        self._signal(rec.pid, signal.SIGTERM)
+        self._signal(rec.pid, rec.stop_signal)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if _start_ticks(rec.pid) != rec.start_ticks:

@@ -84,6 +84,16 @@ class AgentSettings(BaseModel):
     # Patient wallets only: accept offers and answer proof requests on their own, like a user who always
     # taps "accept" and "share". Off, they wait for the wallet page (or the API) to decide.
     auto_respond: bool = True
+    # Where the agent's wallet and the controller's records live: embedded SQLite, or PostgreSQL (a local
+    # cluster in the organisation's home, on postgres_port).
+    storage: Literal["sqlite", "postgres"] = "sqlite"
+    postgres_port: int | None = None
+
+    @model_validator(mode="after")
+    def _postgres_has_a_port(self) -> AgentSettings:
+        if self.storage == "postgres" and self.postgres_port is None:
+            raise ValueError(f"{self.name}: storage postgres needs a postgres_port")
+        return self
 
 
 def _default_agents() -> list[AgentSettings]:
@@ -124,12 +134,9 @@ class Settings(BaseSettings):
     chain: ChainSettings = ChainSettings()
     tails: TailsSettings = TailsSettings()
     agents: list[AgentSettings] = Field(default_factory=_default_agents)
-    # The health authority is an organisation without an agent: it governs the token contract and
-    # may publish the national prescription schema.
+    # The health authority is a deployment without an agent: it governs the token contract (and its
+    # register of prescribers) and publishes the national prescription schema.
     authority_name: str = "health-authority"
-    # In production: the national prescription schema's id. Unset in development, where the local
-    # health authority publishes it during `erx up`.
-    prescription_schema_id: str | None = None
     # Outgoing webhooks to integrators: request timeout, retry backoff, give-up, signature tolerance.
     webhooks: WebhookSettings = WebhookSettings()
     checks: CheckSettings = CheckSettings()
@@ -162,6 +169,8 @@ class Settings(BaseSettings):
         for a in self.agents:
             plan += [(f"agent-{a.name} (inbound)", a.inbound_port), (f"agent-{a.name} (admin)", a.admin_port),
                      (f"controller-{a.name}", a.controller_port)]
+            if a.postgres_port is not None:
+                plan.append((f"postgres of {a.name}", a.postgres_port))
         return plan
 
     # -- where things live under the state directory ---------------------------------------
@@ -171,16 +180,10 @@ class Settings(BaseSettings):
 
     def save(self, path: Path) -> None:
         """Write these settings (secret values included, mode 0600) for processes started from them."""
-        def reveal(value):
-            if isinstance(value, SecretStr):
-                return value.get_secret_value()
-            if isinstance(value, Path):
-                return str(value)
-            raise TypeError(f"cannot serialise {type(value).__name__}")
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            json.dump(self.model_dump(mode="python"), fh, default=reveal, indent=2)
+            fh.write(revealed_json(self))
 
     @classmethod
     def load(cls, path: Path) -> Settings:
@@ -197,24 +200,30 @@ class Settings(BaseSettings):
 
 
 class StatePaths:
-    """The layout of the state directory. Nothing outside it is written."""
+    """The layout of the state directory: one home per deployment. Nothing outside it is written."""
 
     def __init__(self, home: Path, venvs: Path):
         self.home = home
         self.main_venv = venvs / "main"
         self.node_venv = venvs / "indy-node"
-        self.run = home / "run"          # pid files
-        self.logs = home / "logs"
-        self.pool = home / "indy-pool"   # genesis, node keys, ledgers
-        self.chain = home / "chain"      # EVM node state, deployment record
-        self.tails = home / "tails"      # tails files served by the tails server
-        self.agents = home / "agents"    # one ACAPY_HOME (wallets) per agent
-        self.secrets = home / "secrets.json"
-        self.settings = home / "settings.json"  # what the running network was started with
-        self.controllers = home / "controllers"  # one SQLite file of records per controller
+        self.network = home / "network"      # the dev network: pool, chain, tails, its descriptor
+        self.authority = home / "authority"  # the health authority's keys and published descriptor
+        self.orgs = home / "orgs"            # one home per organisation (and wallet stand-in)
+        self.settings = home / "settings.json"  # what the running system was started with
 
-    def agent_home(self, name: str) -> Path:
-        return self.agents / name
+    def org_home(self, name: str) -> Path:
+        return self.orgs / name
+
+
+def revealed_json(model: BaseModel) -> str:
+    """`model` as JSON with its secrets revealed: for files only their owner reads (mode 0600)."""
+    def reveal(value):
+        if isinstance(value, SecretStr):
+            return value.get_secret_value()
+        if isinstance(value, Path):
+            return str(value)
+        raise TypeError(f"cannot serialise {type(value).__name__}")
+    return json.dumps(model.model_dump(mode="python"), default=reveal, indent=2)
 
 
 def load_settings(**overrides) -> Settings:

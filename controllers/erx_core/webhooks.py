@@ -1,7 +1,8 @@
 """Outgoing webhooks for integrators (practice software, pharmacy systems), through a durable outbox.
 
 `Outbox.record()` writes an event, and one pending delivery per subscription that wants it, in the
-controller's SQLite file before anything is sent; callers put it in the same `store.transaction()` as
+controller's database (its SQLite file or PostgreSQL database, see `erx_core.store`) before anything
+is sent; callers put it in the same `store.transaction()` as
 the record change it announces, so the two commit together. One worker per subscription then POSTs
 that subscription's deliveries strictly in `seq` order, retrying with backoff. A delivery is marked
 only after the receiver answered 2xx, so a crash or restart resends at most the one in flight: a
@@ -31,7 +32,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from pydantic import BaseModel, Field, field_validator
 
-from erx_core.store import Store
+from erx_core.store import Dialect, Store
 
 LOG = logging.getLogger("erx.webhooks")
 SIGNATURE_VERSION = "v1"
@@ -150,35 +151,36 @@ def verify_signature(secret: str, body: bytes, timestamp_header: str, signature_
 
 
 # -- the outbox -----------------------------------------------------------------------------------
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS webhook_events (
-        seq INTEGER PRIMARY KEY,
-        id TEXT NOT NULL UNIQUE,
-        type TEXT NOT NULL,
-        created REAL NOT NULL,
-        body TEXT NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS webhook_subscriptions (
-        subscription_id TEXT PRIMARY KEY,
-        url TEXT NOT NULL,
-        events TEXT NOT NULL,
-        description TEXT NOT NULL,
-        secret TEXT NOT NULL,
-        created REAL NOT NULL,
-        active INTEGER NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS webhook_deliveries (
-        subscription_id TEXT NOT NULL,
-        seq INTEGER NOT NULL REFERENCES webhook_events (seq),
-        state TEXT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        last_error TEXT,
-        last_status INTEGER,
-        next_attempt_at REAL,
-        delivered_at REAL,
-        PRIMARY KEY (subscription_id, seq))""",
-    # A worker's "next delivery" lookup must not scan the subscription's delivered history.
-    """CREATE INDEX IF NOT EXISTS webhook_deliveries_pending
-        ON webhook_deliveries (subscription_id, seq) WHERE state = 'pending'""",
-)
+def _schema(dialect: Dialect) -> tuple[str, ...]:
+    return (
+        dialect.create_table("webhook_events", """
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            type TEXT NOT NULL,
+            created DOUBLE PRECISION NOT NULL,
+            body TEXT NOT NULL"""),
+        dialect.create_table("webhook_subscriptions", """
+            subscription_id TEXT PRIMARY KEY,
+            url TEXT NOT NULL,
+            events TEXT NOT NULL,
+            description TEXT NOT NULL,
+            secret TEXT NOT NULL,
+            created DOUBLE PRECISION NOT NULL,
+            active INTEGER NOT NULL""", ordered=True),
+        dialect.create_table("webhook_deliveries", """
+            subscription_id TEXT NOT NULL,
+            seq INTEGER NOT NULL REFERENCES webhook_events (seq),
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            last_status INTEGER,
+            next_attempt_at DOUBLE PRECISION,
+            delivered_at DOUBLE PRECISION,
+            PRIMARY KEY (subscription_id, seq)"""),
+        # A worker's "next delivery" lookup must not scan the subscription's delivered history.
+        """CREATE INDEX IF NOT EXISTS webhook_deliveries_pending
+            ON webhook_deliveries (subscription_id, seq) WHERE state = 'pending'""",
+    )
 
 
 class _Head(BaseModel):
@@ -207,9 +209,9 @@ def _has_forbidden_key(value: Any) -> bool:
 
 class Outbox:
     def __init__(self, store: Store, source: str, settings: WebhookSettings):
-        self._store, self._db, self.source, self.settings = store, store.connection, source, settings
-        for statement in _SCHEMA:
-            self._db.execute(statement)
+        # every statement goes through the store's `execute`, which speaks the store's dialect
+        self._store, self.source, self.settings = store, source, settings
+        store.create_schema(*_schema(store.dialect))
         self._session: aiohttp.ClientSession | None = None
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._wake: dict[str, asyncio.Event] = {}
@@ -223,15 +225,15 @@ class Outbox:
         if _has_forbidden_key(data):
             raise ValueError(f"a {type} event's data must not carry a secret key")
         with self._store.transaction():
-            (seq,) = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM webhook_events").fetchone()
+            (seq,) = self._store.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM webhook_events").fetchone()
             event = WebhookEvent(type=type, seq=seq, created_at=datetime.now(UTC), source=self.source, data=data)
             created = event.created_at.timestamp()
-            self._db.execute("INSERT INTO webhook_events VALUES (?, ?, ?, ?, ?)",
+            self._store.execute("INSERT INTO webhook_events (seq, id, type, created, body) VALUES (?, ?, ?, ?, ?)",
                              (seq, event.id, type.value, created, event.model_dump_json()))
-            targets = [sid for sid, events in self._db.execute(
+            targets = [sid for sid, events in self._store.execute(
                 "SELECT subscription_id, events FROM webhook_subscriptions WHERE active = 1")
                 if not (wanted := json.loads(events)) or type.value in wanted]
-            self._db.executemany(
+            self._store.executemany(
                 "INSERT INTO webhook_deliveries (subscription_id, seq, state, next_attempt_at) "
                 "VALUES (?, ?, 'pending', ?)", [(sid, seq, created) for sid in targets])
         # Wake workers only once the rows are committed (or rolled back: they then find nothing new).
@@ -240,7 +242,7 @@ class Outbox:
 
     def events(self, after_seq: int = 0, limit: int = 100) -> list[WebhookEvent]:
         """Events with `seq > after_seq`, oldest first: how a receiver catches up or replays."""
-        rows = self._db.execute("SELECT body FROM webhook_events WHERE seq > ? ORDER BY seq LIMIT ?",
+        rows = self._store.execute("SELECT body FROM webhook_events WHERE seq > ? ORDER BY seq LIMIT ?",
                                 (after_seq, max(1, min(limit, MAX_PAGE))))
         return [WebhookEvent.model_validate_json(body) for (body,) in rows]
 
@@ -250,19 +252,20 @@ class Outbox:
         sub = SubscriptionCreated(subscription_id=str(uuid.uuid4()), url=body.url, events=body.events,
                                   description=body.description, created_at=datetime.now(UTC), active=True,
                                   secret=f"whsec_{secrets.token_urlsafe(32)}")
-        self._db.execute("INSERT INTO webhook_subscriptions VALUES (?, ?, ?, ?, ?, ?, 1)",
+        self._store.execute(f"INSERT INTO webhook_subscriptions ({self._SUB_COLUMNS}, secret) VALUES (?, ?, ?, ?, ?, 1, ?)",
                          (sub.subscription_id, sub.url, json.dumps([e.value for e in sub.events]),
-                          sub.description, sub.secret, sub.created_at.timestamp()))
+                          sub.description, sub.created_at.timestamp(), sub.secret))
         if self._session is not None:
             self._store.after_transaction(lambda: self._spawn(sub.subscription_id))
         return sub
 
     def subscriptions(self) -> list[Subscription]:
-        rows = self._db.execute(f"SELECT {self._SUB_COLUMNS} FROM webhook_subscriptions ORDER BY created, rowid")
+        rows = self._store.execute(f"SELECT {self._SUB_COLUMNS} FROM webhook_subscriptions "
+                                f"ORDER BY created, {self._store.dialect.position}")
         return [self._subscription(row) for row in rows]
 
     def subscription(self, subscription_id: str) -> Subscription | None:
-        row = self._db.execute(f"SELECT {self._SUB_COLUMNS} FROM webhook_subscriptions WHERE subscription_id = ?",
+        row = self._store.execute(f"SELECT {self._SUB_COLUMNS} FROM webhook_subscriptions WHERE subscription_id = ?",
                                (subscription_id,)).fetchone()
         return self._subscription(row) if row else None
 
@@ -270,10 +273,10 @@ class Outbox:
         """Stop delivering to a subscription and drop its pending deliveries. False if it was not active.
         The subscription stays listed (inactive) with its delivery history; its secret is erased."""
         with self._store.transaction():
-            changed = self._db.execute(
+            changed = self._store.execute(
                 "UPDATE webhook_subscriptions SET active = 0, secret = '' WHERE subscription_id = ? AND active = 1",
                 (subscription_id,)).rowcount
-            self._db.execute("DELETE FROM webhook_deliveries WHERE subscription_id = ? AND state = 'pending'",
+            self._store.execute("DELETE FROM webhook_deliveries WHERE subscription_id = ? AND state = 'pending'",
                              (subscription_id,))
         if changed:
             # Once committed: inside a caller's transaction that rolls back, the subscription stays active.
@@ -282,7 +285,7 @@ class Outbox:
 
     def deliveries(self, subscription_id: str, limit: int = 100) -> list[Delivery]:
         """A subscription's deliveries, newest first."""
-        rows = self._db.execute(
+        rows = self._store.execute(
             "SELECT e.id, d.seq, e.type, d.subscription_id, d.state, d.attempts, d.last_error, d.last_status, "
             "d.next_attempt_at, d.delivered_at FROM webhook_deliveries d JOIN webhook_events e ON e.seq = d.seq "
             "WHERE d.subscription_id = ? ORDER BY d.seq DESC LIMIT ?",
@@ -308,7 +311,7 @@ class Outbox:
             return
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s),
                                               headers={"User-Agent": "erx-webhooks/1"})
-        for (sid,) in self._db.execute("SELECT subscription_id FROM webhook_subscriptions WHERE active = 1").fetchall():
+        for (sid,) in self._store.execute("SELECT subscription_id FROM webhook_subscriptions WHERE active = 1").fetchall():
             self._spawn(sid)
 
     async def close(self) -> None:
@@ -333,7 +336,7 @@ class Outbox:
         task.add_done_callback(lambda t: self._forget(subscription_id, t))
 
     def _stop_if_inactive(self, subscription_id: str) -> None:
-        row = self._db.execute("SELECT active FROM webhook_subscriptions WHERE subscription_id = ?",
+        row = self._store.execute("SELECT active FROM webhook_subscriptions WHERE subscription_id = ?",
                                (subscription_id,)).fetchone()
         if row is None or not row[0]:
             self._stop(subscription_id)
@@ -366,7 +369,7 @@ class Outbox:
                     self._store.after_transaction(wake.set)
                     await wake.wait()
                     continue
-                row = self._db.execute("SELECT url, secret, active FROM webhook_subscriptions "
+                row = self._store.execute("SELECT url, secret, active FROM webhook_subscriptions "
                                        "WHERE subscription_id = ?", (subscription_id,)).fetchone()
                 if row is None or not row[2]:
                     return
@@ -388,7 +391,7 @@ class Outbox:
                 await asyncio.sleep(min(self.settings.backoff_max_s, 30))
 
     def _head(self, subscription_id: str) -> _Head | None:
-        row = self._db.execute(
+        row = self._store.execute(
             "SELECT d.seq, e.id, e.type, e.created, e.body, d.attempts, d.next_attempt_at "
             "FROM webhook_deliveries d JOIN webhook_events e ON e.seq = d.seq "
             "WHERE d.subscription_id = ? AND d.state = 'pending' ORDER BY d.seq LIMIT 1",
@@ -416,7 +419,7 @@ class Outbox:
         attempts = head.attempts + 1
         where = (subscription_id, head.seq)
         if status is not None and 200 <= status < 300:
-            self._db.execute(
+            self._store.execute(
                 "UPDATE webhook_deliveries SET state = 'delivered', attempts = ?, last_status = ?, last_error = NULL, "
                 "next_attempt_at = NULL, delivered_at = ? WHERE subscription_id = ? AND seq = ? AND state = 'pending'",
                 (attempts, status, now, *where))
@@ -424,7 +427,7 @@ class Outbox:
         error = error or f"HTTP {status}"
         deadline = head.created + self.settings.give_up_after_s
         if now >= deadline:
-            self._db.execute(
+            self._store.execute(
                 "UPDATE webhook_deliveries SET state = 'failed', attempts = ?, last_status = ?, last_error = ?, "
                 "next_attempt_at = NULL WHERE subscription_id = ? AND seq = ? AND state = 'pending'",
                 (attempts, status, error, *where))
@@ -434,7 +437,7 @@ class Outbox:
             return
         # The last retry happens at the deadline, so a receiver back just in time still gets the event.
         next_at = min(now + self._backoff(attempts), deadline)
-        self._db.execute(
+        self._store.execute(
             "UPDATE webhook_deliveries SET attempts = ?, last_status = ?, last_error = ?, next_attempt_at = ? "
             "WHERE subscription_id = ? AND seq = ? AND state = 'pending'", (attempts, status, error, next_at, *where))
         LOG.debug("webhook event %s to subscription %s failed (attempt %d: %s); next try in %.1f s",

@@ -1,14 +1,18 @@
-"""Everything a role's controller is wired to: its agent, its webhooks, its records, the chain."""
+"""Everything a role's controller is wired to: its agent, its webhooks, its records, the chain.
+
+Built from the controller's one narrow configuration (`erx_core.config.ControllerConfig`): nothing
+here knows the launcher, the dev network or any other organisation.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from erx_chain.keystore import load_or_create
 from erx_contracts.client import PrescriptionTokenClient
 from erx_core.acapy_admin import AcaPyAdmin
+from erx_core.config import ControllerConfig, StoreLocation
 from erx_core.events import EventBus
-from erx_core.network import Network
-from erx_core.settings import AgentSettings
 from erx_core.store import Store
 from erx_core.webhooks import Outbox
 from erx_indy.ledger import IndyLedger
@@ -17,8 +21,7 @@ from erx_roles.invitations import ShortLinks
 
 @dataclass
 class RoleContext:
-    network: Network
-    agent: AgentSettings
+    config: ControllerConfig
     admin: AcaPyAdmin
     bus: EventBus
     store: Store
@@ -30,16 +33,18 @@ class RoleContext:
     ledger: IndyLedger | None = None
 
     @classmethod
-    async def open(cls, network: Network, agent_name: str) -> RoleContext:
-        agent = network.settings.agent(agent_name)
+    async def open(cls, config: ControllerConfig) -> RoleContext:
         chain = None
-        if agent.role in ("doctor", "pharmacy"):
-            chain = await PrescriptionTokenClient.connect(network.chain_config(), network.chain_account(agent_name))
-        store = Store(network.paths.controllers / f"{agent_name}.db")
-        ledger = await IndyLedger.open(network.genesis_file) if agent.role == "doctor" else None
-        return cls(network=network, agent=agent, admin=network.admin(agent_name), bus=EventBus(), store=store,
-                   chain=chain, outbox=Outbox(store, source=agent_name, settings=network.settings.webhooks),
-                   links=ShortLinks(store, network.controller_url(agent_name)), ledger=ledger)
+        if config.chain is not None:
+            account = load_or_create(config.chain.keystore_file, config.chain.keystore_password.get_secret_value(),
+                                     create=False)
+            chain = await PrescriptionTokenClient.connect(config.chain.client, account)
+        store = open_store(config.store)
+        ledger = await IndyLedger.open(config.genesis_file) if config.role == "doctor" else None
+        return cls(config=config, admin=AcaPyAdmin(config.agent.admin_url, config.agent.admin_api_key),
+                   bus=EventBus(), store=store, chain=chain,
+                   outbox=Outbox(store, source=config.name, settings=config.webhooks),
+                   links=ShortLinks(store, config.public_url), ledger=ledger)
 
     async def close(self) -> None:
         await self.outbox.close()
@@ -49,3 +54,10 @@ class RoleContext:
         if self.ledger is not None:
             await self.ledger.close()
         self.store.close()
+
+
+def open_store(location: StoreLocation) -> Store:
+    if location.postgres_dsn is not None:
+        return Store(location.postgres_dsn.get_secret_value())
+    assert location.sqlite_file is not None
+    return Store(location.sqlite_file)

@@ -5,7 +5,9 @@ order the sub-proofs' identifiers are listed. So nothing here looks at "the firs
 
 * the revealed attribute group and every requested predicate must be proven by one and the same
   sub-proof, and that sub-proof's credential must be over the national prescription schema;
-* its credential definition must be trusted by this pharmacy (the issuer of *that* sub-proof);
+* its issuer (the DID that wrote *that* sub-proof's credential definition) must be trusted: listed on
+  the national register of prescribers, unless the pharmacy's own override allows or denies it
+  (`trusted()`);
 * the agent's cryptographic verification must have said "true";
 * the revealed values must be the ones the proof signs (raw values encode to the proven values);
 * then the token, read from the chain, must be live, unspent and valid at the chain's time.
@@ -16,6 +18,8 @@ report means. The service only fetches inputs and records the outcome.
 """
 
 from __future__ import annotations
+
+from enum import StrEnum
 
 import hashlib
 from dataclasses import dataclass
@@ -66,6 +70,26 @@ class ChainFacts:
     on_our_chain: bool  # the token's chain id and contract are the ones this pharmacy spends on
     status: TokenStatus | None  # None when not on our chain
     now: int | None  # the chain's time (latest block)
+
+
+class Override(StrEnum):
+    """A pharmacy's own decision about one credential definition, on top of the national register."""
+
+    ALLOW = "allow"  # e.g. a practice abroad, or one the register has not listed yet
+    DENY = "deny"    # e.g. a practice under investigation, before the authority has acted
+
+
+def issuer_did(cred_def_id: str) -> str:
+    """The DID that wrote a credential definition: the ledger only accepts a CLAIM_DEF whose id starts
+    with its submitter's DID, so this is who signed every credential under it."""
+    return cred_def_id.split(":", 1)[0]
+
+
+def trusted(override: Override | None, registered: bool) -> bool:
+    """The pharmacy's override wins; without one, the national register decides."""
+    if override is not None:
+        return override is Override.ALLOW
+    return registered
 
 
 def _invalid(detail: str) -> Refusal:

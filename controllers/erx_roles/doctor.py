@@ -99,7 +99,7 @@ class DoctorService:
 
     @property
     def prescriber(self) -> Prescriber:
-        return Prescriber(name=self.ctx.agent.label, identifier=self.issuer_did or "")
+        return Prescriber(name=self.ctx.config.label, identifier=self.issuer_did or "")
 
     # -- onboarding -------------------------------------------------------------------------
     async def onboard(self, revocation_registry_size: int = 1000) -> str:
@@ -109,7 +109,7 @@ class DoctorService:
         if public is None:
             raise RuntimeError("the doctor's agent has no public DID: run `./erx up`, which registers it")
         self.issuer_did = public.did
-        schema_id = self.ctx.network.prescription_schema_id
+        schema_id = self.ctx.config.prescription_schema_id
         meta = self.meta.get("cred_def")
         if meta is None or meta.schema_id != schema_id:
             cred_def_id = await self._find_cred_def(schema_id) or await self.ctx.admin.create_credential_definition(
@@ -347,7 +347,7 @@ class DoctorService:
         is cancelled (an unissued prescription must not stay redeemable) and its exchange, holding the
         one-time key, deleted."""
         now = time.time() if now is None else now
-        after_s = self.ctx.network.settings.offers.unstored_after_s
+        after_s = self.ctx.config.offers.unstored_after_s
         expired = []
         for record in list(self.records.find_all("state", PrescriptionState.OFFERED)):
             if now - record.created_at >= after_s:
@@ -359,7 +359,7 @@ class DoctorService:
 
     async def expire_stale_forever(self) -> None:
         """The doctor's housekeeping loop: no event announces that a wallet never answered."""
-        interval = min(self.ctx.network.settings.offers.unstored_after_s, 60) / 4
+        interval = min(self.ctx.config.offers.unstored_after_s, 60) / 4
         while True:
             try:
                 if expired := await self.expire_stale_offers():
@@ -405,7 +405,7 @@ class DoctorService:
                        tag="practice", response=DoctorStatus)
         async def practice_status(_: web.Request) -> DoctorStatus:
             return DoctorStatus(cred_def_id=self.cred_def_id, issuer_did=self.issuer_did,
-                                schema_id=self.ctx.network.prescription_schema_id, chain_account=self.ctx.chain.address)
+                                schema_id=self.ctx.config.prescription_schema_id, chain_account=self.ctx.chain.address)
 
         api.include(connection_api(self.ctx, alias="patient"))
 

@@ -37,7 +37,8 @@ from erx_core.webhooks import EventType
 from erx_roles.api import Api, Page, PageQuery, WaitQuery, read_page
 from erx_roles.connections import connection_api, require_active_connection
 from erx_roles.context import RoleContext
-from erx_roles.dispensing import ChainFacts, Presented, abandoned, decide, examine, shown
+from erx_roles.dispensing import (ChainFacts, Override, Presented, abandoned, decide, examine, issuer_did, shown,
+                                  trusted)
 from erx_roles.http import ApiError, not_found, unavailable
 from erx_roles.integrators import Scope
 from erx_schemas.fhir import medication_dispense
@@ -92,11 +93,16 @@ class StoredCheck(DispenseCheck):
 
 
 class TrustedPrescriber(BaseModel):
+    """The pharmacy's own override for one credential definition, on top of the national register of
+    prescribers (which the health authority keeps on chain): allow one the register does not list,
+    or deny one it does."""
+
     model_config = ConfigDict(extra="forbid")
 
     # the same format the DELETE path parameter is checked against: whatever is added can be removed
     cred_def_id: CredDefId
     label: str = Field(default="", max_length=200)
+    decision: Override = Override.ALLOW
 
 
 class RequestBody(BaseModel):
@@ -109,7 +115,7 @@ class PharmacyService:
     def __init__(self, ctx: RoleContext):
         self.ctx = ctx
         self.checks = ctx.store.table("check", StoredCheck, indexed=("pres_ex_id", "state"))
-        self.limits = ctx.network.settings.checks
+        self.limits = ctx.config.checks
         self.trusted = ctx.store.table("trusted", TrustedPrescriber)
         self._locks: dict[str, asyncio.Lock] = {}
         self._did: str | None = None
@@ -206,7 +212,7 @@ class PharmacyService:
 
     # -- asking for a prescription ----------------------------------------------------------------
     def proof_request(self) -> dict:
-        return dispensing_proof_request(self.ctx.network.prescription_schema_id)
+        return dispensing_proof_request(self.ctx.config.prescription_schema_id)
 
     async def request(self, connection_id: str | None) -> StoredCheck:
         if connection_id:
@@ -273,9 +279,13 @@ class PharmacyService:
                     return
                 # verified already (by an attempt a transient fault interrupted): decide from that record
         presented = examine(record.request, record.presentation, record.verified,
-                            self.ctx.network.prescription_schema_id)
-        chain = await self._chain_facts(presented.prescription) if isinstance(presented, Presented) else None
-        refusal = decide(presented, self._is_trusted, chain, "; ".join(record.verified_msgs or []))
+                            self.ctx.config.prescription_schema_id)
+        chain, registered = None, False
+        if isinstance(presented, Presented):
+            chain, registered = await asyncio.gather(self._chain_facts(presented.prescription),
+                                                     self._registered(presented.identifiers.cred_def_id))
+        refusal = decide(presented, lambda cred_def_id: self._is_trusted(cred_def_id, registered), chain,
+                         "; ".join(record.verified_msgs or []))
         if shown(presented, refusal):
             check.prescription = presented.prescription.model_dump(mode="json", exclude={"token"})
             check.cred_def_id = presented.identifiers.cred_def_id
@@ -303,8 +313,15 @@ class PharmacyService:
             raise not_found(f"trusted prescriber {cred_def_id}")
         self.trusted.delete(cred_def_id)
 
-    def _is_trusted(self, cred_def_id: str | None) -> bool:
-        return cred_def_id is not None and self.trusted.get(cred_def_id) is not None
+    async def _registered(self, cred_def_id: str) -> bool:
+        """Is the credential definition's issuer on the national register of prescribers (on chain)?"""
+        return await self.ctx.chain.is_trusted_prescriber(issuer_did(cred_def_id))
+
+    def _is_trusted(self, cred_def_id: str | None, registered: bool) -> bool:
+        if cred_def_id is None:
+            return False
+        override = self.trusted.get(cred_def_id)
+        return trusted(override.decision if override is not None else None, registered)
 
     def _our_chain(self, prescription: RevealedPrescription) -> bool:
         chain = self.ctx.chain
@@ -410,7 +427,7 @@ class PharmacyService:
         return medication_dispense(
             check.prescription or {}, dispense_id=check.check_id,
             when_handed_over=dt.datetime.fromtimestamp(check.dispensed_at or check.updated_at, dt.UTC),
-            pharmacy_name=self.ctx.agent.label, pharmacy_identifier=self._did, token_tx_hash=check.spend_tx_hash,
+            pharmacy_name=self.ctx.config.label, pharmacy_identifier=self._did, token_tx_hash=check.spend_tx_hash,
             remaining_redemptions=check.remaining_redemptions)
 
     async def _secret_key(self, check: StoredCheck) -> str | None:
@@ -422,7 +439,7 @@ class PharmacyService:
         except AdminApiError:
             return None
         presented = examine(record.request, record.presentation, record.verified,
-                            self.ctx.network.prescription_schema_id)
+                            self.ctx.config.prescription_schema_id)
         if not isinstance(presented, Presented) or presented.prescription.token.address != check.token_address:
             return None
         return presented.prescription.token.secret_key.get_secret_value()
@@ -459,7 +476,7 @@ class PharmacyService:
         @api.operation("GET", "/api/status", summary="The pharmacy: schema asked for, chain account, trust list size",
                        tag="pharmacy", response=PharmacyStatus)
         async def pharmacy_status(_: web.Request) -> PharmacyStatus:
-            return PharmacyStatus(schema_id=self.ctx.network.prescription_schema_id,
+            return PharmacyStatus(schema_id=self.ctx.config.prescription_schema_id,
                                   chain_account=self.ctx.chain.address,
                                   trusted_prescribers=sum(1 for _ in self.trusted.all()))
 
@@ -500,18 +517,18 @@ class PharmacyService:
                 raise ApiError(409, f"check is {check.state}; only a dispensed check has a MedicationDispense")
             return await self._medication_dispense(check)
 
-        @api.operation("GET", "/api/trusted-prescribers", summary="Prescribers (credential definitions) trusted here",
+        @api.operation("GET", "/api/trusted-prescribers", summary="This pharmacy's overrides (allow/deny per credential definition) on top of the national register",
                        tag=trust, query=PageQuery, response=Page[TrustedPrescriber])
         async def list_trusted_prescribers(_: web.Request, query: PageQuery) -> Page[TrustedPrescriber]:
             return read_page(self.trusted, query)
 
-        @api.operation("POST", "/api/trusted-prescribers", summary="Trust a prescriber's credential definition",
+        @api.operation("POST", "/api/trusted-prescribers", summary="Allow or deny a prescriber's credential definition here, whatever the national register says",
                        tag=trust, body=TrustedPrescriber, response=TrustedPrescriber, status=201,
                        scope=Scope.TRUST_LIST)
         async def add_trusted_prescriber(_: web.Request, body: TrustedPrescriber) -> TrustedPrescriber:
             return self.trust(body)
 
-        @api.operation("DELETE", "/api/trusted-prescribers/{cred_def_id}", summary="Stop trusting a prescriber",
+        @api.operation("DELETE", "/api/trusted-prescribers/{cred_def_id}", summary="Remove an override: the national register decides again",
                        tag=trust, errors=(404,), scope=Scope.TRUST_LIST)
         async def remove_trusted_prescriber(_: web.Request, cred_def_id: str) -> None:
             self.distrust(cred_def_id)

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from erx_core.network import Network
 from erx_roles.client import ControllerApiError, ControllerClient
 
 WAIT_S = 30
@@ -43,17 +42,25 @@ def sample_order(redemptions: int = 1, **overrides: Any) -> dict:
     return order | overrides
 
 
+class Controllers(Protocol):
+    """Where each organisation's controller answers, and its operator token (e.g. erx_cli.system)."""
+
+    def controller_url(self, name: str) -> str: ...
+
+    def operator_token(self, name: str) -> Any: ...
+
+
 class Scenario:
     """Holds one client per controller and performs the flow's actions."""
 
-    def __init__(self, network: Network):
+    def __init__(self, network: Controllers):
         self.network = network
         self.clients: dict[str, ControllerClient] = {}
 
     def client(self, agent_name: str) -> ControllerClient:
         if agent_name not in self.clients:
             self.clients[agent_name] = ControllerClient(self.network.controller_url(agent_name),
-                                                        self.network.secrets.controller_api_key(agent_name))
+                                                        self.network.operator_token(agent_name))
         return self.clients[agent_name]
 
     async def close(self) -> None:
@@ -62,11 +69,9 @@ class Scenario:
 
     # -- actions --------------------------------------------------------------------------------
     async def onboard(self, doctor: str, pharmacies: list[str]) -> str:
-        cred_def_id = (await self.client(doctor).get("/api/status"))["cred_def_id"]
-        for pharmacy in pharmacies:
-            await self.client(pharmacy).post("/api/trusted-prescribers",
-                                             {"cred_def_id": cred_def_id, "label": doctor})
-        return cred_def_id
+        """The practice's credential definition. Pharmacies trust it through the national register of
+        prescribers (the health authority onboarded the practice): nothing is set at any pharmacy."""
+        return (await self.client(doctor).get("/api/status"))["cred_def_id"]
 
     async def connect(self, organisation: str, patient: str) -> tuple[str, str]:
         """The patient's wallet opens the organisation's invitation; returns both sides' connection ids."""

@@ -1,9 +1,10 @@
 """Run one role's controller: its agent's webhooks in, its JSON API and web page out.
 
-    python -m erx_roles.serve --agent doctor --settings .erx/run/settings.json
+    python -m erx_roles.serve --config <organisation home>/controller.json
 
-`erx up` starts one per agent. The settings file is written by `erx up` so that a controller sees
-exactly the configuration its network was started with.
+`erx org up` starts one per organisation. The configuration file (`erx_core.config.ControllerConfig`,
+mode 0600) is written by the organisation's deployment: it names this controller's agent, its own
+secrets and the network's public facts, and nothing else.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from pathlib import Path
 from aiohttp import web
 
 from erx_core.events import webhook_routes
-from erx_core.network import Network
-from erx_core.settings import Settings
+from erx_core.config import ControllerConfig
 from erx_roles.context import RoleContext
 from erx_roles.doctor import DoctorService
 from erx_roles.http import api_middlewares, json_response
@@ -30,9 +30,9 @@ from erx_roles.webhook_api import WebhookApi
 LOG = logging.getLogger("erx.controller")
 
 
-async def build_app(network: Network, agent_name: str) -> web.Application:
-    ctx = await RoleContext.open(network, agent_name)
-    role = ctx.agent.role
+async def build_app(config: ControllerConfig) -> web.Application:
+    ctx = await RoleContext.open(config)
+    role, agent_name = config.role, config.name
     service: DoctorService | PharmacyService | PatientService
     if role == "doctor":
         service = DoctorService(ctx)
@@ -45,15 +45,15 @@ async def build_app(network: Network, agent_name: str) -> web.Application:
         if finished := await service.recover():
             LOG.info("finished %d check(s) left open by a restart", len(finished))
     else:
-        service = PatientService(ctx, auto_respond=ctx.agent.auto_respond)
+        service = PatientService(ctx, auto_respond=config.auto_respond)
 
     async def health(_: web.Request) -> web.Response:
         # records start-up recovery set aside: the controller runs, the operator has to look at them
         attention = {**getattr(service, "needs_attention", {}), **ctx.store.unreadable()}
         return json_response({"status": "ok", "role": role, "agent": agent_name, "needs_attention": attention})
 
-    operator_token = network.secrets.controller_api_key(agent_name)
-    base_url = network.controller_url(agent_name)
+    operator_token = config.operator_token
+    base_url = config.public_url
     if isinstance(service, PatientService):
         # the wallet stand-in is not an organisation: no integrators, one token (the wallet owner's)
         routes, public_paths = service.routes(), set
@@ -63,14 +63,14 @@ async def build_app(network: Network, agent_name: str) -> web.Application:
         api = service.api()
         api.include(integrators.api())
         api.include(WebhookApi(ctx.outbox, ctx.store, integrators).api())
-        api.title = f"erx {role} controller ({ctx.agent.label})"
+        api.title = f"erx {role} controller ({config.label})"
         api.description = API_DESCRIPTION[role]
         routes, public_paths, authenticate = api.routes(base_url), api.public_paths, integrators.authenticate
 
     app = web.Application(middlewares=api_middlewares(authenticate, public_paths))
-    app.add_routes(webhook_routes(ctx.bus, network.secrets.webhook_key(agent_name)))
+    app.add_routes(webhook_routes(ctx.bus, config.agent.webhook_key))
     app.add_routes([web.get("/health", health), *routes])
-    mount_pages(app, network, ctx, service)
+    mount_pages(app, ctx, service)
     app["service"] = service
 
     async def background(_: web.Application):
@@ -96,14 +96,11 @@ API_DESCRIPTION = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--agent", required=True)
-    parser.add_argument("--settings", type=Path, required=True)
+    parser.add_argument("--config", type=Path, required=True, help="the organisation's controller.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    settings = Settings.load(args.settings)
-    agent = settings.agent(args.agent)
-    web.run_app(build_app(Network(settings), args.agent), host=settings.host, port=agent.controller_port,
-                print=None)
+    config = ControllerConfig.load(args.config)
+    web.run_app(build_app(config), host=config.host, port=config.port, print=None)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,11 @@ class KeystoreError(RuntimeError):
     pass
 
 
-def load_or_create(path: Path, password: str) -> LocalAccount:
-    """The account kept in the keystore at `path`, created (random key, encrypted) if there is none."""
+def load_or_create(path: Path, password: str, *, create: bool = True) -> LocalAccount:
+    """The account kept in the keystore at `path`, created (random key, encrypted) if there is none
+    (and `create`; otherwise a missing keystore is a KeystoreError)."""
+    if not path.exists() and not create:
+        raise KeystoreError(f"no chain keystore at {path}")
     if path.exists():
         try:
             keystore = json.loads(path.read_text())

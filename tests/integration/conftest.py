@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from erx_core.network import Network
+from erx_cli.system import LocalSystem as Network
 from erx_core.progress import Progress
 from tests.support import isolated_settings
 

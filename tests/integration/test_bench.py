@@ -10,7 +10,7 @@ import pytest
 from erx_bench.agents import run_agents
 from erx_bench.flow import run_flow_bench
 from erx_bench.ledger import run_ledger
-from erx_core.network import Network
+from erx_cli.system import LocalSystem as Network
 
 pytestmark = pytest.mark.integration
 

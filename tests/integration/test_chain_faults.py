@@ -20,7 +20,7 @@ import pytest
 from eth_account import Account
 
 from erx_contracts.client import PrescriptionTokenClient
-from erx_core.network import Network
+from erx_cli.system import LocalSystem as Network
 from erx_core.store import Store
 from erx_roles.pharmacy import StoredCheck
 from erx_roles.scenario import Scenario, sample_order
@@ -126,7 +126,7 @@ async def test_a_node_killed_mid_dispense_ends_dispensed_not_unknown_token(netwo
     prescription, cred = await issue(flow, redemptions=2)
     check = await flow.present(PHARMACY_A, PATIENT, cred)
     assert check["state"] == "verified", check
-    store = Store(network.paths.controllers / f"{PHARMACY_A}.db")
+    store = Store(network.org(PHARMACY_A).home / "controller.db")
     checks = store.table("check", StoredCheck)
     dispense = asyncio.create_task(flow.client(PHARMACY_A).post(f"/api/checks/{check['check_id']}/dispense"))
     try:

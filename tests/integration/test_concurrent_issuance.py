@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from erx_core.network import Network
+from erx_cli.system import LocalSystem as Network
 from erx_indy.ledger import IndyLedger
 from erx_roles.scenario import Scenario, sample_order
 

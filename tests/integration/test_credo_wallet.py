@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from erx_agents.credo_wallet import (CredoCredential, CredoInstall, CredoWallet, CredoWalletClient,
+from erx_cli.credo_wallet import (CredoCredential, CredoInstall, CredoWallet, CredoWalletClient,
                                      ensure_credo_wallet)
-from erx_core.network import Network
+from erx_cli.system import LocalSystem as Network
 from erx_roles.scenario import WAIT_S, Scenario, sample_order
 from erx_schemas.prescription import yyyymmdd
 

@@ -33,7 +33,7 @@ from indy_vdr import ledger as vdr_ledger
 from pydantic import SecretStr
 
 from erx_contracts.client import PrescriptionTokenClient, TokenStatus
-from erx_core.network import Network
+from erx_cli.system import LocalSystem as Network
 from erx_core.store import Store
 from erx_indy.ledger import IndyLedger, did_from_seed
 from erx_roles.client import ControllerApiError, ControllerClient
@@ -98,7 +98,7 @@ class Faults(Scenario):
         self.errors: list[ErrorAnswer] = []
         for agent in network.settings.agents:
             self.clients[agent.name] = RecordingClient(agent.name, network.controller_url(agent.name),
-                                                       network.secrets.controller_api_key(agent.name), self.errors)
+                                                       network.operator_token(agent.name), self.errors)
         self.connection_id = ""
         self.prescriptions_before: set[str] = set()
         self.checks_before: dict[str, set[str]] = {}
@@ -231,13 +231,13 @@ async def until(what: str, probe: Callable[[], Awaitable[Any]], timeout_s: float
 
 
 def log_size(network: Network, name: str) -> int:
-    path = network.paths.logs / f"{name}.log"
+    path = network.log_file(name)
     return path.stat().st_size if path.exists() else 0
 
 
 def log_lines(network: Network, name: str, *needles: str, since: int = 0) -> list[str]:
     """Lines of a component's log, from byte `since` on (see `log_size`), that contain one of `needles`."""
-    path = network.paths.logs / f"{name}.log"
+    path = network.log_file(name)
     try:
         with open(path, "rb") as log:
             log.seek(since)
@@ -523,7 +523,7 @@ async def test_doctor_controller_killed_while_creating_the_token_the_prescriptio
     that held the one-time key is gone, so once the controller is back the prescription must not stay
     `creating_token`; within SETTLE_AFTER_RESTART_S it ends issued, or declined/failed with no redeemable
     token (the doctor settles one older than `UNFINISHED_CREATE_AFTER_S`)."""
-    store = Store(network.paths.controllers / f"{DOCTOR}.db")
+    store = Store(network.org(DOCTOR).home / "controller.db")
     records = store.table("prescription", IssuedPrescription)
     post = asyncio.create_task(faults.client(DOCTOR).post(
         "/api/prescriptions", {"connection_id": faults.connection_id, "order": sample_order()}))

@@ -32,7 +32,7 @@ from eth_account import Account
 from pydantic import SecretStr
 
 from erx_contracts.client import PrescriptionTokenClient
-from erx_core.network import Network
+from erx_cli.system import LocalSystem as Network
 from erx_core.processes import ProcessSpec
 from erx_core.settings import REPO_ROOT
 from erx_roles.client import ControllerApiError
@@ -114,7 +114,7 @@ class Admin:
     @classmethod
     def of(cls, network: Network, name: str, admin_port: int | None = None) -> Admin:
         port = admin_port if admin_port is not None else network.settings.agent(name).admin_port
-        return cls(network.settings.url(port), network.secrets.admin_api_key(name))
+        return cls(network.settings.url(port), network.org(name).secrets.admin_api_key(name))
 
     async def close(self) -> None:
         await self._http.close()
@@ -164,22 +164,23 @@ class RogueWallet:
         # their connections by label, and the pages test picks its wallet's connection by that label
         self.agent = manual_wallet(WALLET).model_copy(update={"label": "Rogue holder"})
         self.spec_name = f"agent-{WALLET}"
-        self.admin = Admin.of(network, WALLET, self.agent.admin_port)
+        self.org = network.extra_org(self.agent)  # a wallet deployment of its own, not in the system's list
+        self.admin = Admin(self.org.settings.admin_url, self.org.secrets.admin_api_key(WALLET))
 
     async def start(self) -> RogueWallet:
-        launch = self.network.agent_launch(self.agent)
+        launch = self.org.agent_launch()
         env = launch.env()
         env.pop("ACAPY_WEBHOOK_URL")  # no controller: the test reads the agent's records itself
-        self.network.supervisor.start(ProcessSpec(
+        self.org.supervisor.start(ProcessSpec(
             name=self.spec_name, argv=[sys.executable, "-c", ROGUE_ACAPY, *launch.argv(Path("aca-py"))[1:]],
-            env=env, cwd=REPO_ROOT, log_file=self.network.paths.logs / f"{self.spec_name}.log",
+            env=env, cwd=REPO_ROOT, log_file=self.org.logs / f"{self.spec_name}.log",
             ports=[self.agent.inbound_port, self.agent.admin_port]))
         await self.admin.until("agent ready", self.admin.ready, timeout_s=90)
         return self
 
     async def stop(self) -> None:
         await self.admin.close()
-        self.network.supervisor.stop(self.spec_name, timeout_s=20)
+        self.org.supervisor.stop(self.spec_name, timeout_s=20)
 
     async def connect(self, invitation: dict) -> str:
         """Accept an invitation with a handshake; the wallet's side of the connection, once active."""

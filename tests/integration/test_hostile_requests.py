@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from erx_core.network import Network
+from erx_cli.system import LocalSystem as Network
 from erx_roles.scenario import Scenario, sample_order
 
 pytestmark = pytest.mark.integration
@@ -101,7 +101,7 @@ async def agents_answer_afterwards(network: Network):
 async def send(http: aiohttp.ClientSession, network: Network, organisation: str, method: str, path: str,
                body: dict | None = None) -> tuple[int, str, object]:
     """One request, its path sent exactly as given (no re-encoding, no normalisation)."""
-    token = network.secrets.controller_api_key(organisation).get_secret_value()
+    token = network.operator_token(organisation).get_secret_value()
     url = URL(network.controller_url(organisation) + path, encoded=True)
     async with http.request(method, url, json=body, headers={"Authorization": f"Bearer {token}"}) as resp:
         text = await resp.text()

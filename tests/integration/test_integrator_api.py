@@ -24,7 +24,7 @@ from fhir.resources.R4B.medicationdispense import MedicationDispense
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from pydantic import SecretStr
 
-from erx_core.network import Network
+from erx_cli.system import LocalSystem as Network
 from erx_roles.client import ControllerApiError, ControllerClient
 from erx_roles.scenario import Scenario, sample_order
 from tests.webhook_receiver import WebhookReceiver
@@ -435,7 +435,7 @@ async def test_schemathesis_finds_no_server_error(network: Network, operator: Sc
         await fuzzer.client.close()
         token, scope, least = fuzzer.token, [], 100
     else:
-        token = network.secrets.controller_api_key(organisation).get_secret_value()
+        token = network.operator_token(organisation).get_secret_value()
         scope, least = ["--include-path-regex", OPERATOR_PATHS], 50
     # the token reaches schemathesis through its environment, not argv; long polls are answered at once
     # (waiting is exercised by the flow tests; here it would only make each call last up to 60 s)

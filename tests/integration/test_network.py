@@ -20,7 +20,8 @@ import pytest
 from eth_account import Account
 
 from erx_contracts.client import PrescriptionTokenClient, new_prescription_key
-from erx_core.network import Network, SetupError
+from erx_cli.launch import SetupError
+from erx_cli.system import LocalSystem as Network
 from erx_core.processes import PortInUse
 from erx_indy.ledger import IndyLedger, Role
 from tests.support import isolated_settings
@@ -119,7 +120,7 @@ async def test_a_taken_port_fails_fast_and_names_the_component(tmp_path):
         squatter.listen()
         net = Network(settings)
         with pytest.raises(PortInUse, match=f"tails: port {settings.tails.port}"):
-            await net._start_tails()
+            await net.network._start_tails()
     assert not net.supervisor.running()
 
 
@@ -133,20 +134,20 @@ async def test_missing_node_python_fails_fast_with_what_to_do(tmp_path):
 async def test_agent_that_cannot_reach_the_pool_fails_fast_with_its_log(network: Network, tmp_path):
     """An agent pointed at a pool that does not answer exits; `up` says so and shows why."""
     settings = isolated_settings(tmp_path)
-    lonely = Network(settings)
-    lonely.genesis_file.parent.mkdir(parents=True)
-    genesis = network.genesis_file.read_text()
+    lonely = Network(settings)  # another system's doctor, joined to the session's network's descriptor...
+    org = lonely.org("doctor")
+    org.init(lonely.org_settings(settings.agent("doctor")), network.authority.descriptor())
+    genesis = org.genesis_file.read_text()
     for real, unused in zip(network.settings.pool.client_ports + network.settings.pool.node_ports,
                             settings.pool.client_ports + settings.pool.node_ports):
         genesis = genesis.replace(f'"client_port":{real}', f'"client_port":{unused}').replace(
             f'"node_port":{real}', f'"node_port":{unused}')
-    lonely.genesis_file.write_text(genesis)
-    shutil.copy(network.paths.secrets, lonely.paths.secrets)
+    org.genesis_file.write_text(genesis)  # ... but given a genesis whose validators do not answer
     try:
         with pytest.raises(SetupError, match="agent-doctor exited while starting"):
-            await lonely._start_agent(settings.agent("doctor"))
+            await org._start_agent()
     finally:
-        lonely.down()
+        org.down()
 
 
 async def test_down_then_up_resumes_on_the_same_ledgers_and_wallets(network: Network):

@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from erx_core.network import Network
+from erx_cli.system import LocalSystem as Network
 from erx_core.settings import REPO_ROOT
 from erx_roles.invitations import decode_invitation
 from erx_schemas.prescription import REVEALED_FOR_DISPENSING
@@ -95,7 +95,7 @@ async def sign_in(context, network: Network, agent: str, shot_name: str | None =
     await expect(page).to_have_url(re.compile(r"/login"))
     if shot_name:
         await shot(page, shot_name)
-    password = network.secrets.page_password(agent, network.settings.agent(agent).role).get_secret_value()
+    password = network.org(agent).secrets.page_password(agent, network.settings.agent(agent).role).get_secret_value()
     await page.fill("#f-password", password)
     await page.click("#sign-in button[type=submit]")
     await expect(page.locator("#live-state")).to_have_text("live")  # signed in, live updates connected
@@ -311,8 +311,8 @@ async def test_the_whole_flow_through_the_pages(network: Network, wallet_agent: 
     # -- no secret reached a page -----------------------------------------------------------------------------------
     async with network.admin(WALLET) as admin:
         token_keys = [c.attrs["token_secret_key"] for c in await admin.credentials()]
-    secrets = [network.secrets.controller_api_key(a).get_secret_value() for a in (DOCTOR, PHARMACY, WALLET)]
-    secrets += [network.secrets.session_key(a).get_secret_value() for a in (DOCTOR, PHARMACY, WALLET)]
+    secrets = [network.operator_token(a).get_secret_value() for a in (DOCTOR, PHARMACY, WALLET)]
+    secrets += [network.org(a).secrets.session_key(a).get_secret_value() for a in (DOCTOR, PHARMACY, WALLET)]
     for page in (doctor, wallet, pharmacy):
         html = await page.content()
         assert token_keys and not any(s in html for s in secrets + token_keys)

@@ -16,8 +16,8 @@ import pytest
 from eth_account import Account
 
 from erx_contracts.client import PrescriptionTokenClient, new_prescription_key
-from erx_core.demo import EXPECTED, run_flow
-from erx_core.network import Network
+from erx_cli.demo import EXPECTED, run_flow
+from erx_cli.system import LocalSystem as Network
 from erx_core.store import Store
 from erx_roles.pharmacy import StoredCheck
 from erx_roles.scenario import Scenario, sample_order
@@ -179,7 +179,7 @@ async def test_pharmacy_crash_during_a_spend_neither_loses_nor_repeats_it(networ
     assert check["state"] == "verified"
     dispense = asyncio.create_task(flow.client(PHARMACY_A).post(f"/api/checks/{check['check_id']}/dispense"))
 
-    store = Store(network.paths.controllers / f"{PHARMACY_A}.db")
+    store = Store(network.org(PHARMACY_A).home / "controller.db")
     checks = store.table("check", StoredCheck)
     deadline = asyncio.get_running_loop().time() + 20
     while not (journaled := checks.get(check["check_id"])).spend_tx_hash:

@@ -83,7 +83,8 @@ RAW_ADMIN = re.compile(r"admin\.(get|post|request|_get|_post|_request)\(|[\"'](/
 def test_no_admin_path_is_built_outside_the_port():
     offenders = []
     for source in CONTROLLERS.rglob("*.py"):
-        if source.name == "acapy_admin.py":
+        # the port itself; and the Credo wallet's client, which talks to that wallet's own control API
+        if source.name in ("acapy_admin.py", "credo_wallet.py"):
             continue
         for number, line in enumerate(source.read_text().splitlines(), 1):
             if RAW_ADMIN.search(line):

@@ -46,7 +46,7 @@ async def test_a_doctor_create_without_receipt_stays_pending_never_failed(tmp_pa
 
     ctx = SimpleNamespace(store=store, bus=EventBus(), admin=SimpleNamespace(connection=connection),
                           outbox=Outbox(store, "doctor", WebhookSettings()), chain=SlowChain(),
-                          network=SimpleNamespace(settings=SimpleNamespace(offers=OfferSettings())))
+                          config=SimpleNamespace(offers=OfferSettings()))
     service = DoctorService(ctx)
     service.cred_def_id = "cred-def"
     with pytest.raises(ApiError) as caught:
@@ -60,7 +60,7 @@ async def test_a_pharmacy_spend_without_receipt_stays_dispensing_with_a_503(tmp_
     store = Store(tmp_path / "pharmacy.db")
     ctx = SimpleNamespace(store=store, bus=EventBus(), admin=SimpleNamespace(), chain=SlowChain(),
                           outbox=Outbox(store, "pharmacy", WebhookSettings()),
-                          network=SimpleNamespace(settings=SimpleNamespace(checks=CheckSettings())))
+                          config=SimpleNamespace(checks=CheckSettings()))
     service = PharmacyService(ctx)
 
     async def secret_key(_check):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from erx_chain.node import port_of
-from erx_core.network import Network
+from erx_cli.devnet import DevNetwork as Network
 from erx_core.settings import ChainSettings, Settings, TailsSettings
 
 
@@ -37,4 +37,4 @@ def test_the_proxy_listens_on_the_chain_port_and_anvil_behind_it(tmp_path):
     assert proxy.argv[proxy.argv.index("--upstream") + 1] == "http://127.0.0.1:18546"
     assert proxy.argv[proxy.argv.index("--journal") + 1] == str(network.chain_journal_file)
     assert network.rpc_url == "http://127.0.0.1:18545"
-    assert network.chain_config().rpc_url == network.rpc_url, "clients talk to the proxy"
+    assert network.descriptor().chain.rpc_url == network.rpc_url, "clients talk to the proxy"

@@ -7,6 +7,7 @@ import pytest
 from eth_abi import encode as abi_encode
 from eth_account import Account
 from eth_account.messages import encode_typed_data
+from eth_utils.abi import collapse_if_tuple
 
 from erx_contracts import errors, load_artifact, new_prescription_key, sign_spend, spend_typed_data
 from erx_contracts.artifact import ARTIFACT_PATH
@@ -44,6 +45,12 @@ def test_every_contract_error_has_a_typed_exception() -> None:
         "NotAdmin",
         "BadSignature",
         "StaleSignature",
+        "InvalidDid",
+        "PrescriberAlreadyActive",
+        "AccountInUse",
+        "UnknownPrescriber",
+        "PrescriberInactive",
+        "IndexOutOfRange",
     }
     for name in names:
         assert issubclass(getattr(errors, name), errors.ContractError)
@@ -58,6 +65,42 @@ def test_revert_data_decodes_to_typed_errors() -> None:
     assert errors.decode_revert(b"") is None
     assert errors.decode_revert(bytes.fromhex("deadbeef")) is None
     assert errors.decode_revert(bytes.fromhex("ea49c832") + b"\x01") is None  # truncated payload
+
+
+def test_register_reverts_decode_with_their_did() -> None:
+    did, account = "Th7MpTaRZVRYnPiabds81Y", Account.create().address
+    in_use = errors.decode_revert(bytes.fromhex("4db865b7") + abi_encode(["address", "string"], [account, did]))
+    assert isinstance(in_use, errors.AccountInUse) and (in_use.account, in_use.did) == (account, did)
+    active = errors.decode_revert(bytes.fromhex("53dc9fcf") + abi_encode(["string", "address"], [did, account]))
+    assert isinstance(active, errors.PrescriberAlreadyActive) and (active.did, active.account) == (did, account)
+    for selector, cls in (("c2b924a3", errors.InvalidDid), ("6d2575e0", errors.UnknownPrescriber),
+                          ("13417d14", errors.PrescriberInactive)):
+        decoded = errors.decode_revert(bytes.fromhex(selector) + abi_encode(["string"], ["did:sov:x"]))
+        assert type(decoded) is cls and decoded.did == "did:sov:x"
+    past_end = errors.decode_revert(bytes.fromhex("94666f0d") + abi_encode(["uint256", "uint256"], [7, 7]))
+    assert isinstance(past_end, errors.IndexOutOfRange) and (past_end.index, past_end.count) == (7, 7)
+
+
+def test_register_interface() -> None:
+    """What pharmacies, the authority's tools and the client call: changing it breaks deployed readers."""
+    abi = load_artifact().abi
+
+    def signature(entry: dict) -> str:
+        return f"{entry['name']}({','.join(collapse_if_tuple(i) for i in entry['inputs'])})"
+
+    functions = {signature(e): [collapse_if_tuple(o) for o in e["outputs"]] for e in abi if e["type"] == "function"}
+    assert {
+        "addPrescriber(string,address)": [],
+        "removePrescriber(string)": [],
+        "isTrustedPrescriber(string)": ["bool"],
+        "prescriber(string)": ["address", "uint32", "bool"],
+        "prescriberCount()": ["uint256"],
+        "prescriberAt(uint256)": ["string", "address", "uint32", "bool"],
+        "prescribers(uint256,uint256)": ["(string,address,uint32,bool)[]"],
+        "MAX_DID_LENGTH()": ["uint256"],
+    }.items() <= functions.items()
+    events = {signature(e): [i["indexed"] for i in e["inputs"]] for e in abi if e["type"] == "event"}
+    assert events["PrescriberAdded(string,address)"] == events["PrescriberRemoved(string,address)"] == [False, True]
 
 
 def test_spend_authorisation_recovers_to_the_token_address() -> None:

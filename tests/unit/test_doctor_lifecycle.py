@@ -79,7 +79,7 @@ def doctor(tmp_path) -> tuple[DoctorService, FakeAdmin, FakeChain, Outbox]:
     settings = SimpleNamespace(offers=OfferSettings(unstored_after_s=600))
     ledger = SimpleNamespace(revoked_indexes=admin.revoked_on_ledger)  # the pool, as the fake agent published it
     ctx = SimpleNamespace(store=store, bus=EventBus(), admin=admin, outbox=outbox, chain=chain, ledger=ledger,
-                          network=SimpleNamespace(settings=settings))
+                          config=settings)
     return DoctorService(ctx), admin, chain, outbox
 
 

@@ -87,7 +87,7 @@ class FakeDoctor:
     """What the doctor's page uses of DoctorService."""
 
     def __init__(self, store: Store):
-        self.ctx = SimpleNamespace(admin=FakeAdmin(), agent=SimpleNamespace(name="doctor", label="Dr. Test"),
+        self.ctx = SimpleNamespace(admin=FakeAdmin(), config=SimpleNamespace(name="doctor", label="Dr. Test"),
                                    store=store)
         self.records = store.table("prescription", IssuedPrescription)
         self.cred_def_id = "Th7MpTaRZVRYnPiabds81Y:3:CL:12:prescription"

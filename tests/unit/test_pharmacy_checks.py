@@ -25,7 +25,7 @@ def pharmacy(tmp_path) -> tuple[PharmacyService, FakeAdmin, Outbox]:
     admin, outbox = FakeAdmin(), Outbox(store, "pharmacy", WebhookSettings())
     limits = CheckSettings(unanswered_after_s=600, undispensed_after_s=3600)
     ctx = SimpleNamespace(store=store, bus=EventBus(), admin=admin, outbox=outbox, chain=None,
-                          network=SimpleNamespace(settings=SimpleNamespace(checks=limits)))
+                          config=SimpleNamespace(checks=limits))
     return PharmacyService(ctx), admin, outbox
 
 

@@ -6,7 +6,7 @@ import stat
 import pytest
 from pydantic import ValidationError
 
-from erx_core.network import Network
+from erx_cli.system import LocalSystem as Network
 from erx_core.secrets import SecretStore
 from erx_core.settings import ChainSettings, Settings
 from erx_core.store import Store

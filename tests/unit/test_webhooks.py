@@ -2,6 +2,8 @@
 
 Every test delivers to a real aiohttp receiver on 127.0.0.1 (OS-assigned port) with fast backoff.
 Tests wait for what the receiver or the outbox's log saw, with a bounded timeout; they never sleep.
+The outbox's store comes from `store_factory`: SQLite here; tests/integration/test_postgres.py runs
+the same tests on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from erx_core.settings import Settings
-from erx_core.store import Store
 from erx_core.webhooks import (EventType, Outbox, Subscription, SubscriptionCreate, WebhookEvent, WebhookSettings,
                                sign, verify_signature)
+from tests.unit.test_store import opener
 
 FAST = WebhookSettings(timeout_s=2, backoff_initial_s=0.05, backoff_max_s=0.2, give_up_after_s=60)
 
@@ -134,10 +136,13 @@ def log():
 
 
 @pytest.fixture
-async def store(tmp_path):
-    s = Store(tmp_path / "controller.db")
-    yield s
-    s.close()
+def store_factory(tmp_path):
+    yield from opener(tmp_path / "controller.db")
+
+
+@pytest.fixture
+async def store(store_factory):
+    return store_factory()
 
 
 @pytest.fixture
@@ -243,10 +248,9 @@ async def test_a_failing_delivery_is_pending_with_its_error_and_next_attempt(out
 
 
 # -- durability ------------------------------------------------------------------------------------
-async def test_events_survive_a_restart_while_the_receiver_is_down(tmp_path, receiver, log):
-    path = tmp_path / "pharmacy.db"
+async def test_events_survive_a_restart_while_the_receiver_is_down(store_factory, receiver, log):
     await receiver.stop()  # the integrator's system is down: connections are refused
-    store = Store(path)
+    store = store_factory()
     box = Outbox(store, "pharmacy", FAST)
     box.subscribe(SubscriptionCreate(url=receiver.url))
     await box.start()
@@ -256,7 +260,7 @@ async def test_events_survive_a_restart_while_the_receiver_is_down(tmp_path, rec
     store.close()
 
     # the controller restarts, records one more, and the receiver is back on its port
-    store = Store(path)
+    store = store_factory()
     box = Outbox(store, "pharmacy", FAST)
     try:
         recorded.append(box.record(EventType.DISPENSED, {"check_id": "c0"}))
@@ -271,8 +275,7 @@ async def test_events_survive_a_restart_while_the_receiver_is_down(tmp_path, rec
     assert seqs(receiver.accepted()) == [1, 2, 3, 4]
 
 
-async def test_a_delivery_cut_off_before_it_was_marked_is_sent_again(tmp_path, receiver):
-    path = tmp_path / "doctor.db"
+async def test_a_delivery_cut_off_before_it_was_marked_is_sent_again(store_factory, receiver):
     hold = asyncio.get_running_loop().create_future()
 
     async def hang_first(n, event):
@@ -281,7 +284,7 @@ async def test_a_delivery_cut_off_before_it_was_marked_is_sent_again(tmp_path, r
         return 200
 
     receiver.respond = hang_first
-    store = Store(path)
+    store = store_factory()
     box = Outbox(store, "doctor", FAST)
     box.subscribe(SubscriptionCreate(url=receiver.url))
     await box.start()
@@ -291,7 +294,7 @@ async def test_a_delivery_cut_off_before_it_was_marked_is_sent_again(tmp_path, r
     await box.close()
     store.close()
 
-    store = Store(path)
+    store = store_factory()
     box = Outbox(store, "doctor", FAST)
     try:
         await box.start()
@@ -405,7 +408,7 @@ async def test_the_secret_is_shown_once_and_never_listed(outbox, store):
     assert listed[0].events == [EventType.DISPENSED]
     outbox.unsubscribe(created.subscription_id)
     # an ended subscription's secret is not kept
-    assert store.connection.execute("SELECT secret FROM webhook_subscriptions").fetchone() == ("",)
+    assert store.execute("SELECT secret FROM webhook_subscriptions").fetchone() == ("",)
 
 
 def test_event_data_must_not_carry_the_tokens_secret_key(outbox):

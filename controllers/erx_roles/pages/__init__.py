@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from erx_core.network import Network
 from erx_roles.context import RoleContext
 from erx_roles.pages.web import PageConfig, setup_pages
 
@@ -13,18 +12,16 @@ from erx_roles.pages.web import PageConfig, setup_pages
 DOCTOR_TICK_S = 5.0
 
 
-def mount_pages(app: web.Application, network: Network, ctx: RoleContext, service) -> None:
+def mount_pages(app: web.Application, ctx: RoleContext, service) -> None:
     """The role's page at `/` of its controller, and its invitations' short links at `/i/…`."""
     from erx_roles.pages.doctor import DoctorPages
     from erx_roles.pages.patient import PatientPages
     from erx_roles.pages.pharmacy import PharmacyPages
 
-    agent = ctx.agent
-    base_url = network.controller_url(agent.name)
-    config = PageConfig(agent=agent.name, role=agent.role, title=agent.label,
-                        password=network.secrets.page_password(agent.name, agent.role),
-                        secure_cookies=base_url.startswith("https:"))
-    live = setup_pages(app, config, network.secrets.session_key(agent.name), ctx.bus,
+    agent = ctx.config
+    config = PageConfig(agent=agent.name, role=agent.role, title=agent.label, password=agent.page_password,
+                        secure_cookies=agent.public_url.startswith("https:"))
+    live = setup_pages(app, config, agent.session_key, ctx.bus,
                        tick_s=DOCTOR_TICK_S if agent.role == "doctor" else None)
     links = ctx.links
     app.add_routes(links.routes())

@@ -8,7 +8,7 @@ receipts). Reported: how long anvil took to answer again, how long until the pro
 (it holds reads until it has reconciled), the proxy's own reconciliation time, how many it re-sent, and
 whether every token is back.
 
-    .erx/venv/main/bin/python -m erx_chain.reconcile_bench 10 100 1000 3000 [--sigterm]
+    .erx/venv/main/bin/python -m erx_bench.chain_reconcile 10 100 1000 3000 [--sigterm]
 """
 
 from __future__ import annotations

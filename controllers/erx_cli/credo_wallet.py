@@ -36,11 +36,13 @@ import aiohttp
 from pydantic import BaseModel, Field, SecretStr, TypeAdapter
 
 from erx_core.processes import ProcessSpec, Supervisor, free_port
+from erx_core.secrets import SecretStore
+from erx_core.settings import REPO_ROOT
 
 if TYPE_CHECKING:
-    from erx_core.network import Network
+    from erx_cli.system import LocalSystem
 
-AGENT_DIR = Path(__file__).resolve().parents[1] / "credo-wallet"
+AGENT_DIR = REPO_ROOT / "agents" / "credo-wallet"
 SCRIPT = AGENT_DIR / "wallet.js"
 CREDO_VERSION = "0.5.19"
 
@@ -237,18 +239,20 @@ class CredoWallet(BaseModel):
     log_level: str = "info"
 
     @classmethod
-    def for_network(cls, network: Network, name: str, label: str | None = None, **overrides: Any) -> CredoWallet:
+    def for_network(cls, network: LocalSystem, name: str, label: str | None = None, **overrides: Any) -> CredoWallet:
         """A wallet on `network`'s pool, on free ports; its data, wallet key and log are named
-        `credo-<name>` in the network's state directory (apart from the ACA-Py agents')."""
+        `credo-<name>`, in a home of its own under the system's organisations."""
         host, process = network.settings.host, f"credo-{name}"
+        home = network.paths.org_home(process)  # a wallet deployment of its own, beside the organisations'
+        secrets = SecretStore(home / "secrets.json")
         control_port = free_port(host)
         inbound_port = free_port(host)
         while inbound_port == control_port:
             inbound_port = free_port(host)
         return cls(name=name, label=label or name, host=host, control_port=control_port, inbound_port=inbound_port,
-                   data_dir=network.paths.agent_home(process), genesis_file=network.genesis_file,
-                   indy_namespace=network.settings.pool.network_name, wallet_key=network.secrets.wallet_key(process),
-                   log_file=network.paths.logs / f"{process}.log", **overrides)
+                   data_dir=home / "wallet", genesis_file=network.genesis_file,
+                   indy_namespace=network.settings.pool.network_name, wallet_key=secrets.wallet_key(process),
+                   log_file=home / "logs" / f"{process}.log", **overrides)
 
     @property
     def process_name(self) -> str:

@@ -1,4 +1,8 @@
-"""`erx`: the project's front door (up, status, down, reset, demo, test, bench, integrator).
+"""`erx`: the project's front door.
+
+The whole system on this machine: up, status, down, reset, demo, test, bench, integrator. Its parts
+one by one, as separate deployments would run them: `erx network …` (the dev network), `erx authority …`
+(the health authority: publish, onboard, offboard), `erx org …` (one organisation from its own home).
 
 Run through the `./erx` script at the repository root, which first creates the Python environment
 and npm packages this module needs.
@@ -14,14 +18,21 @@ import sys
 
 from pydantic import ValidationError
 
-from erx_core.network import Network, SetupError, status_json
-from erx_core.processes import PortInUse
+from pathlib import Path
+
+from erx_cli.authority import HealthAuthority, JoinRequest
+from erx_cli.devnet import DevNetwork
+from erx_cli.launch import SetupError, status_json
+from erx_cli.org import Organisation, OrgSettings, Storage
+from erx_cli.system import LocalSystem
+from erx_core.descriptor import NetworkDescriptor
+from erx_core.processes import PortInUse, free_port
 from erx_core.progress import Progress
 from erx_core.settings import REPO_ROOT, Settings
 
 
-def _network(progress: Progress | None = None) -> Network:
-    return Network(Settings(), progress or Progress())
+def _network(progress: Progress | None = None) -> LocalSystem:
+    return LocalSystem(Settings(), progress or Progress())
 
 
 def cmd_up(args) -> int:
@@ -64,7 +75,7 @@ def cmd_reset(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from erx_core.demo import run_demo
+    from erx_cli.demo import run_demo
     return asyncio.run(run_demo(Settings(), as_json=args.json))
 
 
@@ -79,6 +90,11 @@ def cmd_test(args) -> int:
     except PackageInstallError as exc:
         print(f"erx: {exc}", file=sys.stderr)
         return 2
+    # the layers (pyproject.toml [tool.importlinter]): nothing imports upward
+    lint = Path(sys.executable).parent / "lint-imports"
+    if subprocess.call([str(lint), "--no-cache"], cwd=REPO_ROOT) != 0:
+        print("erx: the import layers are broken (see above)", file=sys.stderr)
+        return 1
     cmd = [sys.executable, "-m", "pytest", *args.pytest_args]
     return subprocess.call(cmd, cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -97,7 +113,7 @@ def cmd_bench(args) -> int:
                 from erx_bench.caliper import run_caliper  # Hyperledger Caliper, as seed 000 measured with
                 report["caliper"] = await run_caliper(quick=args.quick, progress=progress)
             return report
-        net = Network(Settings(), progress)
+        net = LocalSystem(Settings(), progress)
         await net.up()
         if args.target == "agents":
             return await agents.run_agents(net, quick=args.quick, progress=progress)
@@ -125,7 +141,7 @@ def cmd_integrator(args) -> int:
 
     async def run() -> int:
         async with ControllerClient(net.controller_url(args.organisation),
-                                    net.secrets.controller_api_key(args.organisation)) as client:
+                                    net.operator_token(args.organisation)) as client:
             if args.action == "add":
                 created = await client.post("/api/integrators", {"name": args.name, "scopes": args.scope or []})
                 print(f"integrator {created['integrator_id']} ({created['name']})\n"
@@ -147,6 +163,103 @@ def cmd_integrator(args) -> int:
         print(f"erx: the {args.organisation} controller does not answer ({exc}); is the network up?",
               file=sys.stderr)
     return 1
+
+
+def _print_components(components: dict) -> None:
+    for name, comp in components.items():
+        print(f"{'ok ' if comp.healthy else 'DOWN'}  {name:<16} {comp.detail}")
+
+
+def cmd_network(args) -> int:
+    """The dev network alone: pool, chain, tails. `up` writes its descriptor for the authority."""
+    net = DevNetwork(Settings(), Progress())
+    if args.action == "up":
+        asyncio.run(net.up())
+        print(f"network descriptor (the network's half): {net.descriptor_file}")
+    elif args.action == "down":
+        print("stopped: " + (", ".join(net.down()) or "nothing was running"))
+    elif args.action == "admit-authority":
+        if not args.join_request:
+            print("erx: network admit-authority needs the authority's join request file", file=sys.stderr)
+            return 2
+        request = _authority_request(Path(args.join_request))
+        asyncio.run(net.admit_authority(request["did"], request["verkey"], request.get("name", "health-authority")))
+    else:
+        components = asyncio.run(net.status())
+        _print_components(components)
+        return 0 if all(c.healthy for c in components.values()) else 1
+    return 0
+
+
+def _authority_request(path: Path) -> dict:
+    import json
+    data = json.loads(path.read_text())
+    if not {"did", "verkey"} <= set(data):
+        raise SetupError(f"{path} is not a join request (it names no did and verkey)")
+    return data
+
+
+def _authority(args) -> HealthAuthority:
+    home = Path(args.home) if args.home else Settings().paths.authority
+    return HealthAuthority(home, progress=Progress())
+
+
+def cmd_authority(args) -> int:
+    authority = _authority(args)
+    if args.action == "init":
+        if not args.network:
+            print("erx: authority init needs --network <descriptor>", file=sys.stderr)
+            return 2
+        authority.init(NetworkDescriptor.load(Path(args.network)))
+        did, verkey = authority.did_and_verkey()
+        request = authority.home / "join-request.json"
+        import json
+        request.write_text(json.dumps({"name": authority.name, "did": did, "verkey": verkey,
+                                       "chain_address": authority.chain_key().address}, indent=2))
+        print(f"health authority in {authority.home}: DID {did}, chain account {authority.chain_key().address}\n"
+              f"hand {request} to the network's trustees (dev: `erx network admit-authority {request}`)")
+    elif args.action == "up":
+        descriptor = asyncio.run(authority.up())
+        print(f"published {authority.descriptor_file}: schema {descriptor.prescription_schema_id}, "
+              f"token contract {descriptor.chain.token_contract}")
+    elif args.action == "onboard":
+        asyncio.run(authority.onboard(JoinRequest.load(Path(args.target))))
+    elif args.action == "offboard":
+        member = asyncio.run(authority.offboard(args.target))
+        print(f"offboarded {member.request.name} ({member.request.did})")
+    else:
+        for did, m in authority.members().items():
+            print(f"{'active ' if m.active else 'offboarded'}  {m.request.role:<9} {m.request.name:<20} {did}")
+    return 0
+
+
+def cmd_org(args) -> int:
+    home = Path(args.home)
+    org = Organisation(home, Progress())
+    if args.action == "init":
+        if not (args.role and args.name and args.network):
+            print("erx: org init needs <role> <name> --network <descriptor> --home <dir>", file=sys.stderr)
+            return 2
+        host = Settings().host
+        ports = [int(p) for p in args.ports.split(",")] if args.ports else [free_port(host) for _ in range(3)]
+        settings = OrgSettings(name=args.name, role=args.role, label=args.label or args.name, host=host,
+                               inbound_port=ports[0], admin_port=ports[1], controller_port=ports[2],
+                               public_endpoint=args.public_endpoint, public_url=args.public_url,
+                               storage=Storage(args.storage),
+                               postgres_port=args.postgres_port or (free_port(host) if args.storage == "postgres"
+                                                                    else None))
+        request = org.init(settings, NetworkDescriptor.load(Path(args.network)))
+        print(f"{args.name} ({args.role}) in {home}"
+              + (f"; hand {org.join_request_file} to the health authority" if request else ""))
+    elif args.action == "up":
+        asyncio.run(org.up())
+    elif args.action == "down":
+        print("stopped: " + (", ".join(org.down()) or "nothing was running"))
+    else:
+        components = asyncio.run(org.status())
+        _print_components(components)
+        return 0 if all(c.healthy for c in components.values()) else 1
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,6 +291,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scope", action="append", choices=["trust-list"],
                    help="add: an extra power for the token (trust-list: change the pharmacy's trusted prescribers)")
     p.set_defaults(func=cmd_integrator)
+    p = sub.add_parser("network", help="the dev network alone (pool, chain, tails): up writes its descriptor")
+    p.add_argument("action", choices=["up", "down", "status", "admit-authority"])
+    p.add_argument("join_request", nargs="?", help="admit-authority: the authority's join-request.json")
+    p.set_defaults(func=cmd_network)
+    p = sub.add_parser("authority", help="the health authority: init, up (publish), onboard, offboard, members")
+    p.add_argument("action", choices=["init", "up", "onboard", "offboard", "members"])
+    p.add_argument("target", nargs="?", default="", help="onboard: a join-request.json; offboard: a name or DID")
+    p.add_argument("--home", help="the authority's home (default: <ERX_HOME>/authority)")
+    p.add_argument("--network", help="init: the network descriptor to govern")
+    p.set_defaults(func=cmd_authority)
+    p = sub.add_parser("org", help="one organisation from its own home: init, up, down, status")
+    p.add_argument("action", choices=["init", "up", "down", "status"])
+    p.add_argument("role", nargs="?", choices=["doctor", "pharmacy", "patient"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("--home", required=True, help="the organisation's home directory")
+    p.add_argument("--network", help="init: the network descriptor the health authority published")
+    p.add_argument("--label", help="init: the name people see")
+    p.add_argument("--ports", help="init: inbound,admin,controller (default: free ports)")
+    p.add_argument("--public-endpoint", help="init: the agent's public DIDComm endpoint (https behind a proxy)")
+    p.add_argument("--public-url", help="init: the controller's public URL (pages, short links)")
+    p.add_argument("--storage", choices=["sqlite", "postgres"], default="sqlite")
+    p.add_argument("--postgres-port", type=int, help="init: the local PostgreSQL cluster's port")
+    p.set_defaults(func=cmd_org)
     p = sub.add_parser("test", help="set up and run the test suite (extra arguments go to pytest)")
     p.set_defaults(func=cmd_test)
     return parser

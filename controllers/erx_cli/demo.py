@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 
-from erx_core.network import Network
+from erx_cli.system import LocalSystem
 from erx_core.progress import Progress
 from erx_core.settings import Settings
 
@@ -30,7 +30,7 @@ EXPECTED = [
 ]
 
 
-async def run_flow(network: Network, log=print) -> list:
+async def run_flow(network: LocalSystem, log=print) -> list:
     from erx_roles.scenario import Scenario, check_outcome, sample_order, timed
 
     names = {a.role: [] for a in network.settings.agents}
@@ -95,7 +95,7 @@ def as_expected(steps) -> bool:
 
 async def run_demo(settings: Settings, as_json: bool = False) -> int:
     progress = Progress()
-    net = Network(settings, progress)
+    net = LocalSystem(settings, progress)
     await net.up()
     log = (lambda line: print(line, file=sys.stderr)) if as_json else print
     log("\nThe prescription flow:")
