@@ -84,9 +84,10 @@ def cmd_test(args) -> int:
     from erx_indy.node_venv import ensure_node_venv
     settings = Settings()
     ensure_node_venv(settings.paths.node_venv, settings.pool.base_python, Progress())
-    from erx_core.system_packages import PackageInstallError, ensure_packages
-    try:  # Chromium and zbarimg for the browser tests of the web pages
+    from erx_core.system_packages import POSTGRES_PACKAGES, PackageInstallError, ensure_packages
+    try:  # Chromium and zbarimg for the browser tests of the web pages; PostgreSQL for the storage tests
         ensure_packages(Progress())
+        ensure_packages(Progress(), POSTGRES_PACKAGES, purpose="PostgreSQL storage tests")
     except PackageInstallError as exc:
         print(f"erx: {exc}", file=sys.stderr)
         return 2

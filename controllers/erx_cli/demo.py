@@ -50,7 +50,7 @@ async def run_flow(network: LocalSystem, log=print) -> list:
 
     try:
         step, cred_def_id = await timed("onboarding", s.onboard(doctor, [pharmacy_a, pharmacy_b]),
-                                        lambda r: ("ok", None, None, f"trusted prescriber {r}"))
+                                        lambda r: ("ok", None, None, f"{r}: trusted by every pharmacy through the national register"))
         record(step)
         step, (connection_id, _) = await timed("connect", s.connect(doctor, patient),
                                                lambda r: ("ok", None, None, f"connection {r[0]}"))

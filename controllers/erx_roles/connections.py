@@ -11,7 +11,7 @@ from erx_core.events import EventTimeout
 from erx_core.store import Table
 from erx_roles.context import RoleContext
 from erx_roles.api import Api, WaitQuery
-from erx_roles.http import ApiError
+from erx_roles.errors import Conflict, NotFound
 
 ACTIVE = ACTIVE_CONNECTION
 
@@ -57,15 +57,15 @@ async def connection_for(ctx: RoleContext, invitation_id: str, wait_s: float) ->
 
 
 async def require_active_connection(ctx: RoleContext, connection_id: str) -> None:
-    """404 for a connection the agent does not know, 409 for one not (yet or any more) active."""
+    """NotFound for a connection the agent does not know, Conflict for one not (yet or any more) active."""
     try:
         conn = await ctx.admin.connection(connection_id)
     except AdminApiError as exc:
         if exc.status in (404, 400, 422):
-            raise ApiError(404, f"no connection {connection_id}") from None
+            raise NotFound(f"no connection {connection_id}") from None
         raise
     if not conn.active:
-        raise ApiError(409, f"connection {connection_id} is {conn.state}, not active")
+        raise Conflict(f"connection {connection_id} is {conn.state}, not active")
 
 
 def connection_api(ctx: RoleContext, alias: str) -> Api:
@@ -84,7 +84,7 @@ def connection_api(ctx: RoleContext, alias: str) -> Api:
         known = invitations.get(invitation_id) is not None
         found = await connection_for(ctx, invitation_id, query.wait if known else 0)
         if found is None:
-            raise ApiError(404, "no wallet has connected with this invitation yet" if known
+            raise NotFound("no wallet has connected with this invitation yet" if known
                            else f"invitation {invitation_id} not found")
         return found
 

@@ -1,18 +1,20 @@
 """Everything a role's controller is wired to: its agent, its webhooks, its records, the chain.
 
 Built from the controller's one narrow configuration (`erx_core.config.ControllerConfig`): nothing
-here knows the launcher, the dev network or any other organisation.
+here knows the launcher, the dev network or any other organisation. `wire` subscribes a service to
+the agent's events.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from erx_chain.keystore import load_or_create
 from erx_contracts.client import PrescriptionTokenClient
 from erx_core.acapy_admin import AcaPyAdmin
 from erx_core.config import ControllerConfig, StoreLocation
-from erx_core.events import EventBus
+from erx_core.events import EventBus, Handler
 from erx_core.store import Store
 from erx_core.webhooks import Outbox
 from erx_indy.ledger import IndyLedger
@@ -61,3 +63,14 @@ def open_store(location: StoreLocation) -> Store:
         return Store(location.postgres_dsn.get_secret_value())
     assert location.sqlite_file is not None
     return Store(location.sqlite_file)
+
+
+class Subscriber(Protocol):
+    def subscriptions(self) -> list[tuple[str, Handler]]: ...
+
+
+def wire(service: Subscriber, bus: EventBus) -> None:
+    """Subscribe a service's handlers to its agent's events (`service.subscriptions()`), in their order.
+    `serve.build_app` wires the role's service here, at start-up, before the pages' live updates."""
+    for topic, handler in service.subscriptions():
+        bus.subscribe(topic, handler)

@@ -1,5 +1,8 @@
 """What every controller's JSON API shares: bearer-token auth, errors as 4xx with a reason (never a
-stack trace), JSON bodies validated by pydantic models."""
+stack trace), JSON bodies validated by pydantic models.
+
+Errors become HTTP answers here, in one place: the services' domain errors (`erx_roles.errors`, by
+`http_error`) and the agent's and the chain's faults (in the error middleware)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ from pydantic import BaseModel, ValidationError
 from erx_contracts.errors import ChainUnavailable, TransactionTimeout
 from erx_core.acapy_admin import AdminApiError, AgentUnreachable
 from erx_core.store import UnreadableRecord
+from erx_roles.errors import (Conflict, DomainError, InvalidRequest, NotFound, Unavailable, UpstreamRefused,
+                              unavailable)
 from erx_schemas.prescription import input_context
 
 LOG = logging.getLogger("erx.api")
@@ -31,18 +36,18 @@ class ApiError(Exception):
         self.status, self.reason, self.extra, self.headers = status, reason, extra, headers or {}
 
 
-RETRY_AFTER_S = 5
+# The domain's refusals (erx_roles.errors) as HTTP statuses: here and nowhere else.
+HTTP_STATUS: dict[type[DomainError], int] = {NotFound: 404, Conflict: 409, InvalidRequest: 422, UpstreamRefused: 502,
+                                             Unavailable: 503}
 
 
-def unavailable(what: str) -> ApiError:
-    """A transient fault of an upstream system (agent, chain, pool, tails): 503 with Retry-After. The
-    record concerned stays as it was, retryable; a transient fault is never a final answer."""
-    return ApiError(503, f"{what}; nothing was decided, retry in a few seconds",
-                    headers={"Retry-After": str(RETRY_AFTER_S)})
-
-
-def not_found(what: str) -> ApiError:
-    return ApiError(404, f"{what} not found")
+def http_error(exc: DomainError) -> ApiError:
+    """A domain error as the HTTP answer: its status, `{"error": reason, **details}`, and for an
+    `Unavailable` that says when to retry, a Retry-After header."""
+    status = next((HTTP_STATUS[kind] for kind in type(exc).__mro__ if kind in HTTP_STATUS), 500)
+    retry_after = exc.retry_after if isinstance(exc, Unavailable) else None
+    return ApiError(status, exc.reason, headers={"Retry-After": str(retry_after)} if retry_after is not None else None,
+                    **exc.details)
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -157,24 +162,23 @@ def api_middlewares(authenticate: Authenticate, public_paths: Callable[[], set[s
         try:
             return await handler(request)
         except ApiError as exc:
-            return web.json_response({"error": exc.reason, **exc.extra}, status=exc.status, headers=exc.headers)
+            return _answer(exc)
+        except DomainError as exc:  # a service's refusal (erx_roles.errors), in HTTP's words
+            return _answer(http_error(exc))
         except UnreadableRecord as exc:
             return web.json_response({"error": f"{exc}; it is set aside for the operator (./erx status)"},
                                      status=409)
         except AgentUnreachable as exc:  # every transient upstream fault is mapped here, in one place
             LOG.warning("%s %s: %s", request.method, request.path, exc.reason)
-            exc = unavailable("the organisation's agent did not answer")
-            return web.json_response({"error": exc.reason}, status=503, headers=exc.headers)
+            return _answer(http_error(unavailable("the organisation's agent did not answer")))
         except AdminApiError as exc:  # the agent answered with an error no service turned into a verdict
             LOG.warning("%s %s: agent answered %s: %s", request.method, request.path, exc.status, exc.reason[:300])
             if exc.status >= 500:
-                exc = unavailable("the organisation's agent failed to answer")
-                return web.json_response({"error": exc.reason}, status=503, headers=exc.headers)
+                return _answer(http_error(unavailable("the organisation's agent failed to answer")))
             return web.json_response({"error": f"the organisation's agent refused: {exc.reason[:300]}"}, status=502)
         except (ChainUnavailable, TransactionTimeout) as exc:
             LOG.warning("%s %s: %s", request.method, request.path, exc)
-            exc = unavailable("the chain did not answer")
-            return web.json_response({"error": exc.reason}, status=503, headers=exc.headers)
+            return _answer(http_error(unavailable("the chain did not answer")))
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -193,3 +197,7 @@ def api_middlewares(authenticate: Authenticate, public_paths: Callable[[], set[s
         return await handler(request)
 
     return [errors, auth]
+
+
+def _answer(exc: ApiError) -> web.Response:
+    return web.json_response({"error": exc.reason, **exc.extra}, status=exc.status, headers=exc.headers)

@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from erx_core.store import Store
 from erx_roles.api import Api
-from erx_roles.http import CALLER, ApiError, Caller, not_found
+from erx_roles.errors import not_found
+from erx_roles.http import CALLER, ApiError, Caller
 
 TOKEN_PREFIX = "erx_"
 

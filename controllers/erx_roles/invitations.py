@@ -23,7 +23,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from erx_core.store import Store
-from erx_roles.http import ApiError
+from erx_roles.errors import InvalidRequest
 
 MAX_INVITATION_BYTES = 64 * 1024
 REDIRECTS = (301, 302, 303, 307, 308)
@@ -34,17 +34,17 @@ def decode_invitation(url: str) -> dict:
     query = parse_qs(urlparse(url).query)
     encoded = (query.get("oob") or query.get("c_i") or [None])[0]
     if not encoded:
-        raise ApiError(422, "not an invitation link: no ?oob= parameter")
+        raise InvalidRequest("not an invitation link: no ?oob= parameter")
     try:
         invitation = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
     except (ValueError, json.JSONDecodeError):
-        raise ApiError(422, "the invitation link's ?oob= parameter is not base64url JSON") from None
+        raise InvalidRequest("the invitation link's ?oob= parameter is not base64url JSON") from None
     return _as_invitation(invitation)
 
 
 def _as_invitation(doc) -> dict:
     if not isinstance(doc, dict) or "invitation" not in str(doc.get("@type", "")):
-        raise ApiError(422, "the link does not carry an out-of-band invitation")
+        raise InvalidRequest("the link does not carry an out-of-band invitation")
     return doc
 
 
@@ -57,25 +57,25 @@ async def fetch_invitation(url: str, timeout_s: float = 10.0) -> dict:
     """The invitation behind a short link: asked for as JSON; a redirect to the long URL works too."""
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ApiError(422, "not an invitation link: expected an http(s) URL")
+        raise InvalidRequest("not an invitation link: expected an http(s) URL")
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http:
             async with http.get(url, headers={"Accept": "application/json"}, allow_redirects=False) as resp:
                 if resp.status in REDIRECTS and resp.headers.get("Location"):
                     return decode_invitation(urljoin(url, resp.headers["Location"]))
                 if resp.status != 200 or resp.content_type != "application/json":
-                    raise ApiError(422, f"the link did not lead to an invitation (HTTP {resp.status}, "
-                                        f"{resp.content_type or 'no content type'})")
+                    raise InvalidRequest(f"the link did not lead to an invitation (HTTP {resp.status}, "
+                                         f"{resp.content_type or 'no content type'})")
                 body = await resp.content.read(MAX_INVITATION_BYTES + 1)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise ApiError(422, f"could not fetch the invitation from {parsed.netloc}: "
-                            f"{exc or type(exc).__name__}") from None
+        raise InvalidRequest(f"could not fetch the invitation from {parsed.netloc}: "
+                             f"{exc or type(exc).__name__}") from None
     if len(body) > MAX_INVITATION_BYTES:
-        raise ApiError(422, "the invitation behind the link is too large")
+        raise InvalidRequest("the invitation behind the link is too large")
     try:
         return _as_invitation(json.loads(body))
     except json.JSONDecodeError:
-        raise ApiError(422, "the link's answer is not JSON") from None
+        raise InvalidRequest("the link's answer is not JSON") from None
 
 
 async def invitation_from_url(url: str) -> dict:

@@ -18,13 +18,13 @@ from aiohttp import web
 
 from erx_core.events import webhook_routes
 from erx_core.config import ControllerConfig
-from erx_roles.context import RoleContext
-from erx_roles.doctor import DoctorService
+from erx_roles.context import RoleContext, wire
+from erx_roles.doctor import DoctorService, doctor_api
 from erx_roles.http import api_middlewares, json_response
 from erx_roles.integrators import Integrators
 from erx_roles.pages import mount_pages
-from erx_roles.patient import PatientService
-from erx_roles.pharmacy import PharmacyService
+from erx_roles.patient import PatientService, patient_routes
+from erx_roles.pharmacy import PharmacyService, pharmacy_api
 from erx_roles.webhook_api import WebhookApi
 
 LOG = logging.getLogger("erx.controller")
@@ -56,11 +56,11 @@ async def build_app(config: ControllerConfig) -> web.Application:
     base_url = config.public_url
     if isinstance(service, PatientService):
         # the wallet stand-in is not an organisation: no integrators, one token (the wallet owner's)
-        routes, public_paths = service.routes(), set
+        routes, public_paths = patient_routes(service), set
         authenticate = Integrators(ctx.store, operator_token).operator_only
     else:
         integrators = Integrators(ctx.store, operator_token)
-        api = service.api()
+        api = doctor_api(service) if isinstance(service, DoctorService) else pharmacy_api(service)
         api.include(integrators.api())
         api.include(WebhookApi(ctx.outbox, ctx.store, integrators).api())
         api.title = f"erx {role} controller ({config.label})"
@@ -68,6 +68,10 @@ async def build_app(config: ControllerConfig) -> web.Application:
         routes, public_paths, authenticate = api.routes(base_url), api.public_paths, integrators.authenticate
 
     app = web.Application(middlewares=api_middlewares(authenticate, public_paths))
+    # Event subscriptions, all wired here (no agent event arrives before the app serves its webhook routes).
+    # The service's handlers first: the pages' live updates (subscribed by mount_pages) then tell a page
+    # of an event only once the service has recorded what it changed.
+    wire(service, ctx.bus)
     app.add_routes(webhook_routes(ctx.bus, config.agent.webhook_key))
     app.add_routes([web.get("/health", health), *routes])
     mount_pages(app, ctx, service)

@@ -13,7 +13,8 @@ from pydantic import BaseModel, Field
 from erx_core.store import Store
 from erx_core.webhooks import Delivery, Outbox, Subscription, SubscriptionCreate, SubscriptionCreated, WebhookEvent
 from erx_roles.api import Api
-from erx_roles.http import Caller, not_found
+from erx_roles.errors import not_found
+from erx_roles.http import Caller
 from erx_roles.integrators import Integrators, caller_of
 
 

@@ -161,7 +161,7 @@ def kill(network: Network, name: str) -> int:
 
 def validator_names(network: Network) -> list[str]:
     """The validators' process names (`indy-Node1`, …) as the network starts them."""
-    return [spec.name for spec in network.pool_specs()]
+    return [spec.name for spec in network.network.pool_specs()]
 
 
 def _signing_key(seed: str) -> nacl.signing.SigningKey:
@@ -171,7 +171,7 @@ def _signing_key(seed: str) -> nacl.signing.SigningKey:
 async def primary_validator(network: Network) -> str | None:
     """The master primary's node name (e.g. `Node1`), as the validators report it (GET_VALIDATOR_INFO),
     or None if none says."""
-    seed = network.trustee_seed
+    seed = network.network.trustee_seed
     request = vdr_ledger.build_get_validator_info_request(did_from_seed(seed)[0])
     request.set_signature(_signing_key(seed).sign(request.signature_input).signature)
     pool = await open_pool(transactions_path=str(network.genesis_file))

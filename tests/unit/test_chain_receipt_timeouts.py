@@ -16,7 +16,8 @@ from erx_core.settings import CheckSettings, OfferSettings
 from erx_core.store import Store
 from erx_core.webhooks import Outbox, WebhookSettings
 from erx_roles.doctor import DoctorService, PrescriptionState
-from erx_roles.http import ApiError
+from erx_roles.errors import Unavailable
+from erx_roles.http import http_error
 from erx_roles.pharmacy import CheckState, PharmacyService, StoredCheck
 from erx_roles.scenario import sample_order
 from erx_schemas.prescription import PrescriptionOrder
@@ -49,9 +50,9 @@ async def test_a_doctor_create_without_receipt_stays_pending_never_failed(tmp_pa
                           config=SimpleNamespace(offers=OfferSettings()))
     service = DoctorService(ctx)
     service.cred_def_id = "cred-def"
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(Unavailable) as caught:
         await service.issue(str(uuid.uuid4()), PrescriptionOrder.model_validate(sample_order()))
-    assert caught.value.status == 503
+    assert http_error(caught.value).status == 503
     (record,) = service.records.all()
     assert record.state == PrescriptionState.CREATING_TOKEN and record.token_tx == TX
 
@@ -68,9 +69,9 @@ async def test_a_pharmacy_spend_without_receipt_stays_dispensing_with_a_503(tmp_
 
     service._secret_key = secret_key
     service.checks.put("c1", StoredCheck(check_id="c1", pres_ex_id="p1", state=CheckState.VERIFIED))
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(Unavailable) as caught:
         await service.dispense("c1")
-    assert caught.value.status == 503
+    assert http_error(caught.value).status == 503
     check = service.checks.get("c1")
     assert check.state == CheckState.DISPENSING
     assert (check.spend_tx_hash, check.spend_raw_tx) == (TX, RAW), "kept for resume() at restart"

@@ -4,7 +4,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import BaseModel, Field
 
-from erx_roles.http import ApiError, Caller, api_middlewares, json_response, parse_body
+from erx_roles.errors import Conflict, InvalidRequest, NotFound, Unavailable, UpstreamRefused, unavailable
+from erx_roles.http import ApiError, Caller, api_middlewares, http_error, json_response, parse_body
 from erx_roles.invitations import decode_invitation
 from erx_roles.patient import _satisfies
 
@@ -23,6 +24,12 @@ def app() -> web.Application:
     async def crash(_):
         raise RuntimeError("secret internals")
 
+    async def already_refused(_):
+        raise Conflict("check is refused", check={"check_id": "c1", "state": "refused"})
+
+    async def chain_down(_):
+        raise unavailable("the chain did not answer")
+
     async def health(_):
         return json_response({"ok": True})
 
@@ -31,6 +38,7 @@ def app() -> web.Application:
 
     a = web.Application(middlewares=api_middlewares(authenticate))
     a.add_routes([web.post("/api/x", create), web.get("/api/conflict", conflict), web.get("/api/crash", crash),
+                  web.get("/api/refused", already_refused), web.get("/api/chain-down", chain_down),
                   web.get("/health", health)])
     return a
 
@@ -67,6 +75,27 @@ async def test_refusals_and_crashes_are_json_without_internals():
         assert (await c.get("/api/nothing-here", headers=AUTH)).status == 404
 
 
+def test_domain_errors_map_to_one_http_answer_each():
+    for exc, status in [(NotFound("check c1 not found"), 404), (Conflict("already done"), 409),
+                        (InvalidRequest("no invitation in this link"), 422), (UpstreamRefused("the chain refused"), 502),
+                        (Unavailable("the chain has not confirmed yet"), 503)]:
+        answer = http_error(exc)
+        assert (answer.status, answer.reason, answer.extra, answer.headers) == (status, exc.reason, {}, {})
+    answer = http_error(unavailable("the chain did not answer"))
+    assert answer.status == 503 and answer.headers == {"Retry-After": "5"}
+    assert answer.reason == "the chain did not answer; nothing was decided, retry in a few seconds"
+
+
+async def test_domain_errors_answer_through_the_middleware_with_their_details_and_retry_after():
+    async with TestClient(TestServer(app())) as c:
+        r = await c.get("/api/refused", headers=AUTH)
+        assert r.status == 409
+        assert await r.json() == {"error": "check is refused", "check": {"check_id": "c1", "state": "refused"}}
+        r = await c.get("/api/chain-down", headers=AUTH)
+        assert r.status == 503 and r.headers["Retry-After"] == "5"
+        assert await r.json() == {"error": "the chain did not answer; nothing was decided, retry in a few seconds"}
+
+
 def test_invitation_links_decode_and_garbage_is_refused():
     import base64
     import json
@@ -76,8 +105,8 @@ def test_invitation_links_decode_and_garbage_is_refused():
     for bad in ("http://x/", "http://x/?oob=%%%"):
         try:
             decode_invitation(bad)
-        except ApiError as exc:
-            assert exc.status == 422
+        except InvalidRequest as exc:
+            assert http_error(exc).status == 422
         else:
             raise AssertionError(f"{bad} accepted")
 

@@ -17,8 +17,10 @@ from erx_core.events import EventBus
 from erx_core.settings import OfferSettings
 from erx_core.store import Store
 from erx_core.webhooks import Outbox, WebhookSettings
-from erx_roles.doctor import DoctorService, IssuedPrescription, PrescriptionState
-from erx_roles.http import ApiError
+from erx_roles.context import wire
+from erx_roles.doctor import ISSUE_TOPIC, DoctorService, IssuedPrescription, PrescriptionState
+from erx_roles.errors import Unavailable
+from erx_roles.http import http_error
 from erx_roles.scenario import sample_order
 from erx_schemas.prescription import PrescriptionOrder
 
@@ -111,9 +113,9 @@ async def test_a_revoke_that_fails_half_way_is_finished_by_asking_again(tmp_path
     service, admin, chain, outbox = doctor(tmp_path)
     record = prescription(service, PrescriptionState.ISSUED, rev_reg_id="r", cred_rev_id="1")
     admin.revoke_failures = 1
-    with pytest.raises(ApiError) as first:
+    with pytest.raises(Unavailable) as first:
         await service.revoke(record.prescription_id)
-    assert first.value.status == 503 and first.value.headers["Retry-After"]
+    assert http_error(first.value).status == 503 and http_error(first.value).headers["Retry-After"]
     half = service.records.get(record.prescription_id)
     assert half.state == PrescriptionState.ISSUED and half.revoke_tx, "the cancel is recorded"
     assert chain.cancelled == [record.token_address]
@@ -178,16 +180,31 @@ async def test_an_issuance_stuck_at_its_token_is_settled_from_the_chain(tmp_path
 async def test_a_revocation_the_ledger_did_not_take_is_not_reported_revoked(tmp_path, monkeypatch):
     """ACA-Py answers the revoke with 200 when the pool has no quorum; only the ledger says whether
     it is revoked. Until it does, the prescription is `revoking`."""
-    monkeypatch.setattr("erx_roles.doctor.REVOCATION_VISIBLE_S", 0.05)
+    monkeypatch.setattr("erx_roles.doctor.service.REVOCATION_VISIBLE_S", 0.05)
     service, admin, chain, outbox = doctor(tmp_path)
     record = prescription(service, PrescriptionState.ISSUED, rev_reg_id="r", cred_rev_id="7")
     admin.ledger_write_fails = 1
-    with pytest.raises(ApiError) as first:
+    with pytest.raises(Unavailable) as first:
         await service.revoke(record.prescription_id)
-    assert first.value.status == 503 and service.records.get(record.prescription_id).state == PrescriptionState.ISSUED
+    assert http_error(first.value).status == 503
+    assert service.records.get(record.prescription_id).state == PrescriptionState.ISSUED
     assert outbox.events() == []
     assert (await service.view(service.records.get(record.prescription_id))).status == "revoking"
     admin.unpublished.clear()  # the validators that kept the write order it once quorum is back
     done = await service.revoke(record.prescription_id)
     assert done.state == PrescriptionState.REVOKED and await admin.revoked_on_ledger("r") == {7}
     assert admin.revoked == [("r", "7")], "revoked once in the wallet"
+
+
+async def test_the_agent_s_events_reach_the_service_once_wired_as_at_start_up(tmp_path):
+    """The service subscribes nothing itself: `wire` (what serve.build_app calls) subscribes its handlers."""
+    service, _, chain, outbox = doctor(tmp_path)
+    record = prescription(service, PrescriptionState.OFFERED)
+    event = {"cred_ex_id": record.cred_ex_id, "state": "abandoned", "error_msg": "declined by the wallet's user"}
+    await service.ctx.bus.publish(ISSUE_TOPIC, event)
+    assert service.records.get(record.prescription_id).state == PrescriptionState.OFFERED, "not wired yet"
+    wire(service, service.ctx.bus)
+    await service.ctx.bus.publish(ISSUE_TOPIC, event)
+    after = service.records.get(record.prescription_id)
+    assert after.state == PrescriptionState.DECLINED and after.error == "declined by the wallet's user"
+    assert chain.cancelled == [record.token_address] and [e.type for e in outbox.events()] == ["prescription.declined"]

@@ -20,7 +20,8 @@ from erx_core.events import EventBus
 from erx_core.secrets import new_fernet_key
 from erx_core.store import Store
 from erx_roles.doctor import IssuedPrescription, PrescriptionState, PrescriptionView
-from erx_roles.http import ApiError, api_middlewares
+from erx_roles.errors import NotFound
+from erx_roles.http import api_middlewares
 from erx_roles.integrators import Integrators
 from erx_roles.invitations import ShortLinks, decode_invitation, qr_svg
 from erx_roles.pages.doctor import DoctorPages, issue_request_from_form
@@ -95,7 +96,7 @@ class FakeDoctor:
 
     async def issue(self, connection_id, order):
         if connection_id == GONE:
-            raise ApiError(404, f"no connection {connection_id}")
+            raise NotFound(f"no connection {connection_id}")
         self.issued.append(order)
         return self.records.put("p1", IssuedPrescription(prescription_id="p1", connection_id=connection_id,
                                                          state=PrescriptionState.OFFERED, order=order,

@@ -9,7 +9,8 @@ from erx_core.events import EventBus
 from erx_core.settings import CheckSettings
 from erx_core.store import Store
 from erx_core.webhooks import Outbox, WebhookSettings
-from erx_roles.pharmacy import CheckState, PharmacyService, StoredCheck
+from erx_roles.context import wire
+from erx_roles.pharmacy import PROOF_TOPIC, CheckState, PharmacyService, StoredCheck
 
 
 class FakeAdmin:
@@ -55,3 +56,14 @@ async def test_unanswered_and_undispensed_checks_time_out_and_forget_the_present
     assert [(e.type, e.data["check"]["check_id"], e.data["reason"]) for e in events] == \
         [("prescription.refused", "old-request", "timed_out"), ("prescription.refused", "verified-long-ago", "timed_out")]
     assert await service.expire_stale(now=t0) == []  # once ended, a check stays ended
+
+
+async def test_a_wallet_s_problem_report_refuses_the_check_once_wired_as_at_start_up(tmp_path):
+    service, admin, outbox = pharmacy(tmp_path)
+    service.checks.put("c1", StoredCheck(check_id="c1", pres_ex_id="p1"))
+    wire(service, service.ctx.bus)  # what serve.build_app does
+    await service.ctx.bus.publish(PROOF_TOPIC, {"pres_ex_id": "p1", "state": "abandoned",
+                                                "error_msg": "declined by the wallet's user"})
+    check = service.checks.get("c1")
+    assert (check.state, check.refusal.reason) == (CheckState.REFUSED, "declined") and admin.deleted == ["p1"]
+    assert [e.type for e in outbox.events()] == ["prescription.refused"]

@@ -13,8 +13,10 @@ from aiohttp_session import get_session
 from pydantic import ValidationError
 
 from erx_roles.connections import create_invitation
-from erx_roles.doctor import DoctorService, IssueRequest, PrescriptionState
-from erx_roles.http import ApiError, not_found
+from erx_roles.doctor.models import IssueRequest, PrescriptionState
+from erx_roles.doctor.service import DoctorService
+from erx_roles.errors import DomainError, not_found
+from erx_roles.http import http_error
 from erx_roles.invitations import ShortLinks
 from erx_roles.pages.web import LiveHub, flash, fragment, render, see_other, text_fields
 from erx_schemas.prescription import CODE_SYSTEMS, input_context
@@ -146,8 +148,9 @@ class DoctorPages:
         if body is not None:
             try:
                 record = await self.service.issue(body.connection_id, body.order)
-            except ApiError as exc:  # no such connection, not onboarded, the chain or agent refused
-                status, errors = exc.status, {"connection_id" if "connection" in exc.reason else "form": exc.reason}
+            except DomainError as exc:  # no such connection, not onboarded, the chain or agent refused
+                field = "connection_id" if "connection" in exc.reason else "form"
+                status, errors = http_error(exc).status, {field: exc.reason}
             else:
                 self.live.notify("prescription")
                 await flash(request, f"Prescription for {record.order.medication.name} offered to the patient's "
@@ -170,7 +173,7 @@ class DoctorPages:
         record = self._record(request)
         try:
             await self.service.revoke(record.prescription_id)
-        except ApiError as exc:
+        except DomainError as exc:
             await flash(request, f"Not revoked: {exc.reason}", "error")
         else:
             self.live.notify("prescription")

@@ -9,9 +9,11 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from erx_roles.http import ApiError
+from erx_roles.errors import DomainError
+from erx_roles.http import http_error
 from erx_roles.pages.web import LiveHub, field_errors, flash, fragment, render, see_other, text_fields
-from erx_roles.patient import OpenInvitation, PatientService, readable
+from erx_roles.patient.models import OpenInvitation
+from erx_roles.patient.service import PatientService, readable
 
 
 class PatientPages:
@@ -69,8 +71,8 @@ class PatientPages:
             opened = await self.service.open_invitation(body)
         except ValidationError as exc:
             return await self.home(request, form, field_errors(exc), status=422)
-        except ApiError as exc:  # not an invitation, unreachable, or the agent refused it
-            return await self.home(request, form, {"invitation_url": exc.reason}, status=exc.status)
+        except DomainError as exc:  # not an invitation, unreachable, or the agent refused it
+            return await self.home(request, form, {"invitation_url": exc.reason}, status=http_error(exc).status)
         self.live.notify("opened")
         who = opened.get("label") or "the inviter"
         await flash(request, f"Connected to {who}." if opened.get("connection_id") else f"Opened the invitation "
@@ -109,7 +111,7 @@ class PatientPages:
     async def _act(self, request: web.Request, action, done: str | None = None) -> dict | None:
         try:
             result = await action
-        except ApiError as exc:
+        except DomainError as exc:
             await flash(request, exc.reason, "error")
             return None
         self.live.notify("wallet")

@@ -12,10 +12,11 @@ from aiohttp_session import get_session
 from pydantic import ValidationError
 
 from erx_roles.connections import create_invitation
-from erx_roles.http import ApiError, not_found
+from erx_roles.errors import DomainError, not_found
 from erx_roles.invitations import ShortLinks
 from erx_roles.pages.web import LiveHub, field_errors, flash, fragment, render, see_other, text_fields
-from erx_roles.pharmacy import CheckState, PharmacyService, TrustedPrescriber
+from erx_roles.pharmacy.models import CheckState, TrustedPrescriber
+from erx_roles.pharmacy.service import PharmacyService
 from erx_schemas.prescription import REFUSAL_TEXT
 
 LISTED = 50
@@ -101,7 +102,7 @@ class PharmacyPages:
         check_id = request.match_info["check_id"]
         try:
             check = await self.service.dispense(check_id)
-        except ApiError as exc:  # already final, or the chain did not confirm (then it is retried)
+        except DomainError as exc:  # already final, or the chain did not confirm (then it is retried)
             await flash(request, f"Not dispensed: {exc.reason}", "error")
         else:
             self.live.notify("check")

@@ -31,7 +31,8 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from erx_core.events import EventBus, Payload
-from erx_roles.http import ApiError
+from erx_roles.errors import DomainError
+from erx_roles.http import ApiError, http_error
 
 LOG = logging.getLogger("erx.pages")
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -225,6 +226,8 @@ async def page_middleware(request: web.Request, handler):
                             else exc.reason)
     except ApiError as exc:
         return await _error(request, exc.status, exc.reason)
+    except DomainError as exc:  # a service's refusal: its HTTP status (erx_roles.http), its reason
+        return await _error(request, http_error(exc).status, exc.reason)
     except Exception:
         LOG.exception("unhandled error in %s %s", request.method, request.path)
         return await _error(request, 500, "Something went wrong; the controller's log says what.")

@@ -21,94 +21,25 @@ import datetime as dt
 import logging
 import time
 import uuid
-from enum import StrEnum
 from typing import Any
-
-from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
 
 from erx_contracts.errors import (AlreadySpent, BadSignature, Cancelled, ChainError, Expired, NotYetValid,
                                   StaleSignature, TransactionDropped, UnknownToken)
 from erx_core.acapy_admin import AdminApiError, AgentUnreachable, PresentationExchange, PresExState
-from erx_core.events import Payload
-from erx_core.ids import CredDefId, RecordId
+from erx_core.events import Handler, Payload
 from erx_core.recovery import SetAside
 from erx_core.webhooks import EventType
-from erx_roles.api import Api, Page, PageQuery, WaitQuery, read_page
-from erx_roles.connections import connection_api, require_active_connection
+from erx_roles.connections import require_active_connection
 from erx_roles.context import RoleContext
-from erx_roles.dispensing import (ChainFacts, Override, Presented, abandoned, decide, examine, issuer_did, shown,
-                                  trusted)
-from erx_roles.http import ApiError, not_found, unavailable
-from erx_roles.integrators import Scope
+from erx_roles.dispensing import ChainFacts, Presented, abandoned, decide, examine, issuer_did, shown, trusted
+from erx_roles.errors import Conflict, DomainError, not_found, unavailable
+from erx_roles.pharmacy.models import CheckState, StoredCheck, TrustedPrescriber, public
 from erx_schemas.fhir import medication_dispense
 from erx_schemas.prescription import Refusal, RefusalReason, RevealedPrescription, dispensing_proof_request
 
 LOG = logging.getLogger("erx.pharmacy")
 PROOF_TOPIC = "present_proof_v2_0"
-FINAL = ("dispensed", "refused")
 RESETTLE_EVERY_S = 15.0  # how soon a check a transient fault interrupted is settled again
-
-
-class CheckState(StrEnum):
-    REQUESTED = "requested"
-    VERIFIED = "verified"
-    DISPENSING = "dispensing"
-    DISPENSED = "dispensed"
-    REFUSED = "refused"
-
-
-class DispenseCheck(BaseModel):
-    check_id: str
-    pres_ex_id: str
-    connection_id: str | None = None
-    state: CheckState = CheckState.REQUESTED
-    refusal: Refusal | None = None
-    # what was presented (without the token's secret key), and by whom it was issued
-    prescription: dict[str, Any] | None = None
-    cred_def_id: str | None = None
-    token_address: str | None = None
-    # the spend: journaled before sending
-    spend_tx_hash: str | None = None
-    spend_raw_tx: str | None = Field(default=None, exclude=True)
-    remaining_redemptions: int | None = None
-    dispensed_at: float | None = None
-    # a connectionless request: the invitation carrying it (too long for a QR code), and its short link
-    invitation_url: str | None = None
-    short_url: str | None = None
-    qr_svg_url: str | None = None
-    qr_png_url: str | None = None
-    created_at: float = Field(default_factory=time.time)
-    updated_at: float = Field(default_factory=time.time)
-
-    @property
-    def final(self) -> bool:
-        return self.state in FINAL
-
-
-class StoredCheck(DispenseCheck):
-    """The durable form keeps the journaled raw transaction, which the API never shows."""
-
-    spend_raw_tx: str | None = None
-
-
-class TrustedPrescriber(BaseModel):
-    """The pharmacy's own override for one credential definition, on top of the national register of
-    prescribers (which the health authority keeps on chain): allow one the register does not list,
-    or deny one it does."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    # the same format the DELETE path parameter is checked against: whatever is added can be removed
-    cred_def_id: CredDefId
-    label: str = Field(default="", max_length=200)
-    decision: Override = Override.ALLOW
-
-
-class RequestBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    connection_id: RecordId | None = Field(default=None, description="omit for a connectionless request (QR code)")
 
 
 class PharmacyService:
@@ -120,7 +51,10 @@ class PharmacyService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._did: str | None = None
         self.needs_attention = SetAside()  # checks start-up recovery could not settle
-        ctx.bus.subscribe(PROOF_TOPIC, self._on_proof_event)
+
+    def subscriptions(self) -> list[tuple[str, Handler]]:
+        """The agent's events this service acts on (wired by `erx_roles.context.wire` at start-up)."""
+        return [(PROOF_TOPIC, self._on_proof_event)]
 
     def _lock(self, check_id: str) -> asyncio.Lock:
         return self._locks.setdefault(check_id, asyncio.Lock())
@@ -134,7 +68,7 @@ class PharmacyService:
                 self.ctx.outbox.record(event, {"check": public(check).model_dump(mode="json"), **data})
         return check
 
-    def _get(self, check_id: str) -> StoredCheck:
+    def get(self, check_id: str) -> StoredCheck:
         check = self.checks.get(check_id)
         if check is None:
             raise not_found(f"check {check_id}")
@@ -158,7 +92,7 @@ class PharmacyService:
 
     async def _recover_spend(self, check: StoredCheck) -> None:
         async with self._lock(check.check_id):
-            check = self._get(check.check_id)
+            check = self.get(check.check_id)
             if check.state == CheckState.DISPENSING:
                 await self._finish_spend(check)
 
@@ -179,7 +113,7 @@ class PharmacyService:
                 if now - getattr(check, since) < after_s:
                     continue
                 async with self._lock(check.check_id):
-                    check = self._get(check.check_id)
+                    check = self.get(check.check_id)
                     if check.state == state:
                         await self._refuse(check, RefusalReason.TIMED_OUT, f"{what} for {after_s / 60:.0f} min")
                         expired.append(check.check_id)
@@ -203,7 +137,7 @@ class PharmacyService:
                         continue  # a dispense is under way
                     try:
                         await self._recover_spend(check)
-                    except (AdminApiError, ChainError, ApiError) as exc:
+                    except (AdminApiError, ChainError, DomainError) as exc:
                         LOG.warning("check %s: spend not finished yet: %s", check.check_id, exc)
                 if expired := await self.expire_stale():
                     LOG.info("%d check(s) timed out", len(expired))
@@ -243,7 +177,7 @@ class PharmacyService:
         from start-up recovery and housekeeping alike (these pass None: the exchange is read here,
         under the check's lock, so it is never a stale read). Only a check still `requested` moves."""
         async with self._lock(check_id):
-            check = self._get(check_id)
+            check = self.get(check_id)
             if check.state != CheckState.REQUESTED:
                 return
             if exchange is None:
@@ -308,7 +242,7 @@ class PharmacyService:
         return self.trusted.put(prescriber.cred_def_id, prescriber)
 
     def distrust(self, cred_def_id: str) -> None:
-        """404 for a prescriber not on the list."""
+        """NotFound for a prescriber not on the list."""
         if self.trusted.get(cred_def_id) is None:
             raise not_found(f"trusted prescriber {cred_def_id}")
         self.trusted.delete(cred_def_id)
@@ -339,17 +273,17 @@ class PharmacyService:
         """Spend the token. Asking again after a 503 finishes the same dispense: a journaled spend is
         resumed (the chain accepts it at most once), an unsent one is sent."""
         async with self._lock(check_id):
-            check = self._get(check_id)
+            check = self.get(check_id)
             if check.state == CheckState.DISPENSING:
                 await self._finish_spend(check)
-                return self._get(check_id)
+                return self.get(check_id)
             if check.state != CheckState.VERIFIED:
-                raise ApiError(409, f"check is {check.state}; only a verified prescription can be dispensed",
+                raise Conflict(f"check is {check.state}; only a verified prescription can be dispensed",
                                check=public(check).model_dump(mode="json"))
             check.state = CheckState.DISPENSING
             self._save(check)
             await self._spend(check)
-            return self._get(check_id)
+            return self.get(check_id)
 
     async def _spend(self, check: StoredCheck) -> None:
         try:
@@ -411,7 +345,7 @@ class PharmacyService:
             check.remaining_redemptions = max(check.remaining_redemptions - 1, 0)
         check.dispensed_at = time.time()
         try:
-            fhir: dict[str, Any] | None = await self._medication_dispense(check)
+            fhir: dict[str, Any] | None = await self.fhir_dispense(check)
         except Exception:  # the dispense stands; integrators can fetch the FHIR form again later
             LOG.exception("check %s: no FHIR MedicationDispense for the dispensed event", check.check_id)
             fhir = None
@@ -419,7 +353,7 @@ class PharmacyService:
         LOG.info("check %s dispensed, tx %s, %s left", check.check_id, tx_hash, check.remaining_redemptions)
         await self._forget_presentation(check)
 
-    async def _medication_dispense(self, check: StoredCheck) -> dict[str, Any]:
+    async def fhir_dispense(self, check: StoredCheck) -> dict[str, Any]:
         """The dispense as FHIR R4, for the pharmacy's systems (never with the token's secret key)."""
         if self._did is None:
             public_did = await self.ctx.admin.public_did()
@@ -453,11 +387,11 @@ class PharmacyService:
 
     async def wait_checked(self, check_id: str, timeout_s: float) -> StoredCheck:
         """Until the check leaves `requested` (presentation verified or refused)."""
-        check = self._get(check_id)
+        check = self.get(check_id)
         deadline = time.monotonic() + timeout_s
         while check.state == CheckState.REQUESTED and time.monotonic() < deadline:
             waiter = self.ctx.bus.expect(PROOF_TOPIC, lambda p: p.get("pres_ex_id") == check.pres_ex_id)
-            check = self._get(check_id)  # the event may have landed before the waiter was registered
+            check = self.get(check_id)  # the event may have landed before the waiter was registered
             if check.state != CheckState.REQUESTED:
                 break
             try:
@@ -465,84 +399,5 @@ class PharmacyService:
             except TimeoutError:
                 break
             async with self._lock(check_id):  # the event handler finishes its decision under this lock
-                check = self._get(check_id)
+                check = self.get(check_id)
         return check
-
-    # -- REST API ---------------------------------------------------------------------------------------
-    def api(self) -> Api:
-        api = Api("pharmacy")
-        tag, trust = "checks", "trusted prescribers"
-
-        @api.operation("GET", "/api/status", summary="The pharmacy: schema asked for, chain account, trust list size",
-                       tag="pharmacy", response=PharmacyStatus)
-        async def pharmacy_status(_: web.Request) -> PharmacyStatus:
-            return PharmacyStatus(schema_id=self.ctx.config.prescription_schema_id,
-                                  chain_account=self.ctx.chain.address,
-                                  trusted_prescribers=sum(1 for _ in self.trusted.all()))
-
-        api.include(connection_api(self.ctx, alias="customer"))
-
-        @api.operation("POST", "/api/checks", summary="Ask for a prescription: a QR code, or over a connection",
-                       tag=tag, body=RequestBody, response=DispenseCheck, status=201, errors=(404, 409, 502))
-        async def request_prescription(_: web.Request, body: RequestBody) -> DispenseCheck:
-            """Without `connection_id` the answer carries a `short_url` to show as a QR code (`qr_png_url`,
-            `qr_svg_url` serve it as images; `invitation_url` is the whole invitation, too long for a QR code).
-            The check then moves to `verified` or `refused` (long poll `GET /api/checks/{id}?wait=30`, or the
-            `prescription.presented` / `prescription.refused` webhooks)."""
-            return public(await self.request(body.connection_id))
-
-        @api.operation("GET", "/api/checks", summary="Dispensing history, newest first", tag=tag, query=PageQuery,
-                       response=Page[DispenseCheck])
-        async def list_checks(_: web.Request, query: PageQuery) -> Page[DispenseCheck]:
-            page = read_page(self.checks, query)
-            return Page[DispenseCheck](items=[public(c) for c in page.items], next=page.next, total=page.total)
-
-        @api.operation("GET", "/api/checks/{check_id}", tag=tag, query=WaitQuery, response=DispenseCheck,
-                       summary="One check (long poll with ?wait= until verified or refused)", errors=(404,))
-        async def get_check(_: web.Request, check_id: str, query: WaitQuery) -> DispenseCheck:
-            return public(await self.wait_checked(check_id, query.wait) if query.wait else self._get(check_id))
-
-        @api.operation("POST", "/api/checks/{check_id}/dispense", tag=tag, response=DispenseCheck,
-                       summary="Dispense: spend the prescription's token on chain", errors=(404, 409, 503))
-        async def dispense_prescription(_: web.Request, check_id: str) -> DispenseCheck:
-            """Exactly one of racing pharmacies wins; the others get `refused` / `already_redeemed`.
-            A 503 means the chain did not confirm: do not hand out the medication yet."""
-            return public(await self.dispense(check_id))
-
-        @api.operation("GET", "/api/checks/{check_id}/fhir", tag=tag, response=dict[str, Any], errors=(404, 409),
-                       summary="A dispensed check as a FHIR R4 MedicationDispense")
-        async def get_fhir_dispense(_: web.Request, check_id: str) -> dict[str, Any]:
-            check = self._get(check_id)
-            if check.state != CheckState.DISPENSED:
-                raise ApiError(409, f"check is {check.state}; only a dispensed check has a MedicationDispense")
-            return await self._medication_dispense(check)
-
-        @api.operation("GET", "/api/trusted-prescribers", summary="This pharmacy's overrides (allow/deny per credential definition) on top of the national register",
-                       tag=trust, query=PageQuery, response=Page[TrustedPrescriber])
-        async def list_trusted_prescribers(_: web.Request, query: PageQuery) -> Page[TrustedPrescriber]:
-            return read_page(self.trusted, query)
-
-        @api.operation("POST", "/api/trusted-prescribers", summary="Allow or deny a prescriber's credential definition here, whatever the national register says",
-                       tag=trust, body=TrustedPrescriber, response=TrustedPrescriber, status=201,
-                       scope=Scope.TRUST_LIST)
-        async def add_trusted_prescriber(_: web.Request, body: TrustedPrescriber) -> TrustedPrescriber:
-            return self.trust(body)
-
-        @api.operation("DELETE", "/api/trusted-prescribers/{cred_def_id}", summary="Remove an override: the national register decides again",
-                       tag=trust, errors=(404,), scope=Scope.TRUST_LIST)
-        async def remove_trusted_prescriber(_: web.Request, cred_def_id: str) -> None:
-            self.distrust(cred_def_id)
-
-        return api
-
-
-class PharmacyStatus(BaseModel):
-    role: str = "pharmacy"
-    schema_id: str
-    chain_account: str
-    trusted_prescribers: int
-
-
-def public(check: StoredCheck) -> DispenseCheck:
-    """A check as the API shows it: without the journaled raw transaction."""
-    return DispenseCheck.model_validate(check.model_dump())

@@ -13,98 +13,18 @@ invitation (the wallet's "share this prescription" flow); otherwise the newest m
 from __future__ import annotations
 
 import logging
-import time
-
-from aiohttp import web
-from pydantic import BaseModel, Field, computed_field
 
 from erx_core.acapy_admin import AdminApiError, CredentialExchange, CredExState, PresentationExchange, PresExState
-from erx_core import ids
-from erx_core.events import Payload
-from erx_core.ids import RecordId
+from erx_core.events import Handler, Payload
 from erx_roles.context import RoleContext
-from erx_roles.http import ApiError, json_response, not_found, parse_body
+from erx_roles.errors import Conflict, InvalidRequest, not_found
 from erx_roles.invitations import invitation_from_url
+from erx_roles.patient.models import (Attribute, Candidate, HeldCredential, OfferView, OpenedInvitation, OpenInvitation,
+                                      PredicateCheck, RequestView)
 
 LOG = logging.getLogger("erx.patient")
 ISSUE_TOPIC = "issue_credential_v2_0"
 PROOF_TOPIC = "present_proof_v2_0"
-
-
-class OpenInvitation(BaseModel):
-    invitation_url: str = Field(min_length=10, max_length=20000)
-    # present this credential (wallet referent) if the invitation carries a proof request
-    credential_id: RecordId | None = None
-
-
-class Share(BaseModel):
-    credential_id: RecordId
-
-
-class Approve(BaseModel):
-    credential_id: RecordId | None = None
-
-
-class HeldCredential(BaseModel):
-    credential_id: str
-    cred_def_id: str
-    attributes: dict[str, str]
-
-
-class OpenedInvitation(BaseModel):
-    """Who invited the wallet: names the verifier of a connectionless proof request."""
-
-    invitation_id: str
-    label: str
-    opened_at: float = Field(default_factory=time.time)
-
-
-class Attribute(BaseModel):
-    name: str
-    value: str  # exactly what is disclosed, or a mask for the token's secret key
-    masked: bool = False
-    readable: str = ""  # the value as people read it, where that differs (dates)
-
-
-class OfferView(BaseModel):
-    cred_ex_id: str
-    issuer: str
-    comment: str = ""
-    attributes: list[Attribute]
-    created_at: str | None = None
-
-
-class PredicateCheck(BaseModel):
-    statement: str  # e.g. "valid until ≥ 2026-11-21": proven, the value itself is not disclosed
-    yours: str      # the credential's own value, shown to its holder only
-    satisfied: bool
-
-
-class Candidate(BaseModel):
-    """One held credential that could answer a proof request, with what answering would disclose."""
-
-    credential_id: str
-    title: str
-    issue_date: str
-    disclosed: list[Attribute]
-    predicates: list[PredicateCheck]
-
-    @computed_field
-    @property
-    def usable(self) -> bool:
-        return all(p.satisfied for p in self.predicates)
-
-
-class RequestView(BaseModel):
-    pres_ex_id: str
-    verifier: str
-    name: str
-    attribute_names: list[str]
-    predicates: list[str]
-    candidates: list[Candidate]
-    chosen: str | None = None  # the credential preselected (named when the invitation was opened, or newest)
-    created_at: str | None = None
-
 
 TOKEN_KEY = "token_secret_key"
 MASK = "•••••••• (one-time redemption key, masked)"
@@ -156,8 +76,10 @@ class PatientService:
         # invitation id or connection id -> credential the user chose to share there
         self._chosen: dict[str, str] = {}
         self.opened = ctx.store.table("opened_invitation", OpenedInvitation)
-        ctx.bus.subscribe(ISSUE_TOPIC, self._on_issue_event)
-        ctx.bus.subscribe(PROOF_TOPIC, self._on_proof_event)
+
+    def subscriptions(self) -> list[tuple[str, Handler]]:
+        """The agent's events this wallet acts on (wired by `erx_roles.context.wire` at start-up)."""
+        return [(ISSUE_TOPIC, self._on_issue_event), (PROOF_TOPIC, self._on_proof_event)]
 
     async def open_invitation(self, body: OpenInvitation) -> dict:
         invitation = await invitation_from_url(body.invitation_url)
@@ -168,7 +90,7 @@ class PatientService:
         try:
             record = await self.ctx.admin.receive_invitation(invitation)
         except AdminApiError as exc:
-            raise ApiError(422, f"the wallet could not use this invitation: {exc.reason}") from None
+            raise InvalidRequest(f"the wallet could not use this invitation: {exc.reason}") from None
         return {"oob_id": record.get("oob_id"), "connection_id": record.get("connection_id"),
                 "state": record.get("state"), "label": invitation.get("label")}
 
@@ -243,7 +165,8 @@ class PatientService:
 
     @staticmethod
     async def _waiting(fetch, what: str, noun: str, state: str):
-        """An exchange record that still waits for the user's answer: 404 if unknown, 409 if answered."""
+        """An exchange record that still waits for the user's answer: NotFound if unknown, Conflict if
+        answered."""
         try:
             record = await fetch
         except AdminApiError as exc:
@@ -251,7 +174,7 @@ class PatientService:
                 raise not_found(what) from None
             raise
         if record.state != state:
-            raise ApiError(409, f"the {noun} is {record.state}, no longer waiting for an answer")
+            raise Conflict(f"the {noun} is {record.state}, no longer waiting for an answer")
         return record
 
     async def _offer(self, cred_ex_id: str) -> CredentialExchange:
@@ -307,9 +230,13 @@ class PatientService:
                            candidates=candidates, chosen=chosen, created_at=record.created_at)
 
     async def decline(self, pres_ex_id: str, reason: str = "declined by the wallet's user") -> dict:
-        await self.request_view(pres_ex_id)  # 404 / 409 unless it is waiting for an answer
+        await self.request_view(pres_ex_id)  # NotFound / Conflict unless it is waiting for an answer
         await self.ctx.admin.problem_report(pres_ex_id, reason)
         return {"pres_ex_id": pres_ex_id, "state": "declined"}
+
+    def choose(self, connection_id: str, credential_id: str) -> None:
+        """Present this credential when the connection next asks for a prescription."""
+        self._chosen[connection_id] = credential_id
 
     async def credentials(self, prescription_id: str | None = None) -> list[HeldCredential]:
         wql = {"attr::prescription_id::value": prescription_id} if prescription_id else None
@@ -317,63 +244,6 @@ class PatientService:
         return [HeldCredential(credential_id=c.referent, cred_def_id=c.cred_def_id,
                                attributes={k: v for k, v in c.attrs.items() if k != "token_secret_key"})
                 for c in await self.ctx.admin.credentials(wql)]
-
-    def routes(self) -> list[web.RouteDef]:
-        async def status(_: web.Request) -> web.Response:
-            return json_response({"role": "patient", "auto_respond": self.auto_respond})
-
-        async def open_invitation(request: web.Request) -> web.Response:
-            return json_response(await self.open_invitation(await parse_body(request, OpenInvitation)), status=201)
-
-        async def share(request: web.Request) -> web.Response:
-            """Choose the prescription to present when this connection next asks for one."""
-            body = await parse_body(request, Share)
-            if not ids.is_valid("record", request.match_info["connection_id"]):
-                raise ApiError(422, "invalid path parameter",
-                               fields=[{"field": "connection_id", "message": "not a valid record id"}])
-            self._chosen[request.match_info["connection_id"]] = body.credential_id
-            return json_response({"connection_id": request.match_info["connection_id"], **body.model_dump()})
-
-        async def credentials(request: web.Request) -> web.Response:
-            prescription_id = request.query.get("prescription_id")
-            if prescription_id is not None and not ids.is_valid("record", prescription_id):
-                raise ApiError(422, "invalid query parameters",
-                               fields=[{"field": "prescription_id", "message": "not a valid record id"}])
-            return json_response(await self.credentials(prescription_id))
-
-        async def offers(_: web.Request) -> web.Response:
-            return json_response(await self.offers())
-
-        async def accept_offer(request: web.Request) -> web.Response:
-            return json_response(await self.accept_offer(request.match_info["cred_ex_id"]))
-
-        async def decline_offer(request: web.Request) -> web.Response:
-            return json_response(await self.decline_offer(request.match_info["cred_ex_id"]))
-
-        async def requests(_: web.Request) -> web.Response:
-            return json_response(await self.requests())
-
-        async def approve(request: web.Request) -> web.Response:
-            body = await parse_body(request, Approve)
-            pres_ex_id = request.match_info["pres_ex_id"]
-            await self.request_view(pres_ex_id)
-            return json_response(await self.approve(pres_ex_id, body.credential_id))
-
-        async def decline(request: web.Request) -> web.Response:
-            return json_response(await self.decline(request.match_info["pres_ex_id"]))
-
-        return [
-            web.get("/api/status", status),
-            web.post("/api/invitations", open_invitation),
-            web.get("/api/credentials", credentials),
-            web.post("/api/connections/{connection_id}/share", share),
-            web.get("/api/offers", offers),
-            web.post("/api/offers/{cred_ex_id}/accept", accept_offer),
-            web.post("/api/offers/{cred_ex_id}/decline", decline_offer),
-            web.get("/api/requests", requests),
-            web.post("/api/requests/{pres_ex_id}/approve", approve),
-            web.post("/api/requests/{pres_ex_id}/decline", decline),
-        ]
 
 
 _COMPARE = {">=": int.__ge__, ">": int.__gt__, "<=": int.__le__, "<": int.__lt__}

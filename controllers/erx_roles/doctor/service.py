@@ -16,25 +16,20 @@ import datetime as dt
 import logging
 import time
 import uuid
-from enum import StrEnum
-from typing import Any
 
-from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import SecretStr
 
 from erx_contracts.client import new_prescription_key
 from erx_contracts.errors import ChainError, ChainUnavailable, ContractError, ReceiptTimeout
 from erx_core.acapy_admin import AdminApiError, AgentUnreachable, CredExState
-from erx_core.events import EventTimeout, Payload
-from erx_core.ids import RecordId
+from erx_core.events import EventTimeout, Handler, Payload
 from erx_core.recovery import SetAside
 from erx_core.webhooks import EventType
 from erx_indy.ledger import IndyLedgerError
-from erx_roles.api import Api, Page, PageQuery, WaitQuery, read_page
-from erx_roles.connections import connection_api, require_active_connection
+from erx_roles.connections import require_active_connection
 from erx_roles.context import RoleContext
-from erx_roles.http import ApiError, not_found, unavailable
-from erx_schemas.fhir import FhirMappingError, medication_request_from_order, order_from_medication_request
+from erx_roles.doctor.models import CredDefMeta, IssuedPrescription, PrescriptionState, PrescriptionView
+from erx_roles.errors import Conflict, Unavailable, UpstreamRefused, not_found, unavailable
 from erx_schemas.prescription import Prescriber, Prescription, PrescriptionOrder, TokenRef
 
 LOG = logging.getLogger("erx.doctor")
@@ -44,58 +39,19 @@ REVOCATION_VISIBLE_S = 8.0  # how long a revoke waits for the pool to show the r
 UNFINISHED_CREATE_AFTER_S = 90  # > the chain client's receipt timeout: no create of this process is still waiting
 
 
-class PrescriptionState(StrEnum):
-    CREATING_TOKEN = "creating_token"
-    OFFERED = "offered"
-    ISSUED = "issued"
-    DECLINED = "declined"
-    REVOKED = "revoked"
-    FAILED = "failed"
-
-
-class IssuedPrescription(BaseModel):
-    """The practice's own record of a prescription (it is the practice's patient file, not the chain)."""
-
-    prescription_id: str
-    connection_id: str
-    state: PrescriptionState
-    order: PrescriptionOrder
-    token_address: str
-    token_tx: str | None = None
-    cred_ex_id: str | None = None
-    thread_id: str | None = None  # the issue exchange's DIDComm thread
-    rev_reg_id: str | None = None
-    cred_rev_id: str | None = None
-    revoke_tx: str | None = None
-    error: str | None = None
-    created_at: float = Field(default_factory=time.time)
-
-
-class PrescriptionView(IssuedPrescription):
-    """A record with its live status from the chain."""
-
-    remaining_redemptions: int | None = None
-    token_cancelled: bool | None = None
-    status: str
-
-
-class IssueRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    connection_id: RecordId = Field(description="the patient's connection (from an invitation)")
-    order: PrescriptionOrder
-
-
 class DoctorService:
     def __init__(self, ctx: RoleContext):
         self.ctx = ctx
         self.records = ctx.store.table("prescription", IssuedPrescription, indexed=("cred_ex_id", "state"))
-        self.meta = ctx.store.table("meta", _Meta)
+        self.meta = ctx.store.table("meta", CredDefMeta)
         self.cred_def_id: str | None = None
         self.issuer_did: str | None = None
         self.needs_attention = SetAside()  # prescriptions start-up recovery could not settle
         self._locks: dict[str, asyncio.Lock] = {}
-        ctx.bus.subscribe(ISSUE_TOPIC, self._on_issue_event)
+
+    def subscriptions(self) -> list[tuple[str, Handler]]:
+        """The agent's events this service acts on (wired by `erx_roles.context.wire` at start-up)."""
+        return [(ISSUE_TOPIC, self._on_issue_event)]
 
     @property
     def prescriber(self) -> Prescriber:
@@ -114,7 +70,7 @@ class DoctorService:
         if meta is None or meta.schema_id != schema_id:
             cred_def_id = await self._find_cred_def(schema_id) or await self.ctx.admin.create_credential_definition(
                 public.did, schema_id, tag="prescription", revocation_registry_size=revocation_registry_size)
-            meta = self.meta.put("cred_def", _Meta(cred_def_id=cred_def_id, schema_id=schema_id))
+            meta = self.meta.put("cred_def", CredDefMeta(cred_def_id=cred_def_id, schema_id=schema_id))
         self.cred_def_id = meta.cred_def_id
         if not await self.ctx.chain.is_issuer(self.ctx.chain.address):
             raise RuntimeError(f"chain account {self.ctx.chain.address} is not an onboarded issuer on the token "
@@ -127,7 +83,7 @@ class DoctorService:
         settled = []
         for record in [r for r in self.records.find_all("state", PrescriptionState.OFFERED) if r.cred_ex_id]:
             await self.needs_attention.attempt(record.prescription_id, self._recover_offer(record), LOG)
-            if self._get(record.prescription_id).state != PrescriptionState.OFFERED:
+            if self.get(record.prescription_id).state != PrescriptionState.OFFERED:
                 settled.append(record.prescription_id)
         settled += await self.settle_unfinished_creates()
         return settled
@@ -171,7 +127,7 @@ class DoctorService:
     # -- issuing -------------------------------------------------------------------------------
     async def issue(self, connection_id: str, order: PrescriptionOrder) -> IssuedPrescription:
         if self.cred_def_id is None:
-            raise ApiError(409, "the practice is not onboarded yet")
+            raise Conflict("the practice is not onboarded yet")
         await require_active_connection(self.ctx, connection_id)
         key = new_prescription_key()
         pid = str(uuid.uuid4())
@@ -185,8 +141,8 @@ class DoctorService:
         except ReceiptTimeout as exc:  # sent but not confirmed: it may still be mined, so never `failed`
             record.token_tx, record.error = exc.tx_hash, f"token creation not confirmed yet: {exc}"
             self.records.put(pid, record)
-            raise ApiError(503, f"the chain has not confirmed the token yet (transaction {exc.tx_hash}); "
-                                f"prescription {pid} stays {record.state.value}") from exc
+            raise Unavailable(f"the chain has not confirmed the token yet (transaction {exc.tx_hash}); "
+                              f"prescription {pid} stays {record.state.value}") from exc
         except ChainUnavailable as exc:
             if exc.maybe_delivered:  # it may still be mined: settled later from the chain, never `failed` now
                 record.error = f"token creation not confirmed yet: {exc}"
@@ -196,7 +152,7 @@ class DoctorService:
             raise unavailable("the chain did not answer") from exc
         except ChainError as exc:
             self._fail(record, f"token creation failed: {exc}")
-            raise ApiError(502, f"the chain refused the token: {exc}") from exc
+            raise UpstreamRefused(f"the chain refused the token: {exc}") from exc
         record.token_tx = tx.tx_hash
         prescription = Prescription(
             prescription_id=pid, order=order, prescriber=self.prescriber,
@@ -208,14 +164,14 @@ class DoctorService:
         except AdminApiError as exc:
             await self.ctx.chain.cancel(key.address)  # an unissued prescription must not stay redeemable
             self._fail(record, f"offer failed: {exc.reason}")
-            raise ApiError(502, f"the agent refused the offer: {exc.reason}") from exc
+            raise UpstreamRefused(f"the agent refused the offer: {exc.reason}") from exc
         record.cred_ex_id = exchange.cred_ex_id
         record.state = PrescriptionState.OFFERED
         self._commit(record, EventType.OFFERED)
         # A quick wallet may have answered before the exchange id was on record: replay what came.
         for payload in self.ctx.bus.recent(ISSUE_TOPIC, lambda p: p["cred_ex_id"] == record.cred_ex_id):
             await self._on_issue_event(ISSUE_TOPIC, payload)
-        return self._get(pid)
+        return self.get(pid)
 
     def _lock(self, prescription_id: str) -> asyncio.Lock:
         return self._locks.setdefault(prescription_id, asyncio.Lock())
@@ -243,7 +199,7 @@ class DoctorService:
         """The one place an issue exchange's state moves a prescription: from the webhook, from the
         replay after `issue`, and from start-up recovery alike. Only an open offer moves."""
         async with self._lock(prescription_id):
-            record = self._get(prescription_id)
+            record = self.get(prescription_id)
             if record.state not in (PrescriptionState.OFFERED, PrescriptionState.CREATING_TOKEN):
                 return
             if state == CredExState.DONE:  # the wallet acknowledged: it holds the credential
@@ -272,7 +228,7 @@ class DoctorService:
                             record.cred_ex_id, exc.reason)
 
     async def wait_issued(self, prescription_id: str, timeout_s: float) -> IssuedPrescription:
-        record = self._get(prescription_id)
+        record = self.get(prescription_id)
         if record.state == PrescriptionState.OFFERED:
             waiter = self.ctx.bus.expect(ISSUE_TOPIC, lambda p: p["cred_ex_id"] == record.cred_ex_id
                                          and p["state"] in ("done", "abandoned", "declined"),
@@ -280,11 +236,11 @@ class DoctorService:
             try:
                 await waiter.wait(timeout_s)
             except EventTimeout:
-                return self._get(prescription_id)  # still offered: the patient has not accepted yet
+                return self.get(prescription_id)  # still offered: the patient has not accepted yet
             # the event may still be being settled (a decline cancels the token first): wait for that
             async with self._lock(prescription_id):
                 pass
-        return self._get(prescription_id)
+        return self.get(prescription_id)
 
     # -- revoking ---------------------------------------------------------------------------------
     async def revoke(self, prescription_id: str) -> IssuedPrescription:
@@ -294,18 +250,18 @@ class DoctorService:
         half-way (the pool without quorum, the agent restarting) is finished by asking again, and a
         revoked prescription answers as it is."""
         async with self._lock(prescription_id):
-            record = self._get(prescription_id)
+            record = self.get(prescription_id)
             if record.state == PrescriptionState.REVOKED:
                 return record
             if record.state != PrescriptionState.ISSUED:
-                raise ApiError(409, f"prescription is {record.state}; only issued prescriptions can be revoked")
+                raise Conflict(f"prescription is {record.state}; only issued prescriptions can be revoked")
             if record.revoke_tx is None:
                 status = await self.ctx.chain.status(record.token_address)
                 if not status.cancelled and status.remaining > 0:  # a fully redeemed token cannot be cancelled
                     try:
                         record.revoke_tx = (await self.ctx.chain.cancel(record.token_address)).tx_hash
                     except ContractError as exc:
-                        raise ApiError(502, f"the chain did not cancel the token: {exc}") from exc
+                        raise UpstreamRefused(f"the chain did not cancel the token: {exc}") from exc
                     self.records.put(prescription_id, record)
             if not await self._revoked_on_ledger(record):
                 await self._publish_revocation(record)
@@ -353,7 +309,7 @@ class DoctorService:
             if now - record.created_at >= after_s:
                 await self._settle(record.prescription_id, CredExState.ABANDONED,
                                    f"the wallet did not store the credential within {after_s / 60:.0f} min")
-                if self._get(record.prescription_id).state != PrescriptionState.OFFERED:
+                if self.get(record.prescription_id).state != PrescriptionState.OFFERED:
                     expired.append(record.prescription_id)
         return expired
 
@@ -371,7 +327,7 @@ class DoctorService:
             await asyncio.sleep(interval)
 
     # -- listing -----------------------------------------------------------------------------------
-    def _get(self, prescription_id: str) -> IssuedPrescription:
+    def get(self, prescription_id: str) -> IssuedPrescription:
         record = self.records.get(prescription_id)
         if record is None:
             raise not_found(f"prescription {prescription_id}")
@@ -395,94 +351,6 @@ class DoctorService:
                 label = "expired"
         return PrescriptionView(**record.model_dump(), remaining_redemptions=status.remaining if status.exists
                                 else None, token_cancelled=status.cancelled if status.exists else None, status=label)
-
-    # -- REST API ------------------------------------------------------------------------------------
-    def api(self) -> Api:
-        api = Api("doctor")
-        tag = "prescriptions"
-
-        @api.operation("GET", "/api/status", summary="The practice: its credential definition, DID, chain account",
-                       tag="practice", response=DoctorStatus)
-        async def practice_status(_: web.Request) -> DoctorStatus:
-            return DoctorStatus(cred_def_id=self.cred_def_id, issuer_did=self.issuer_did,
-                                schema_id=self.ctx.config.prescription_schema_id, chain_account=self.ctx.chain.address)
-
-        api.include(connection_api(self.ctx, alias="patient"))
-
-        @api.operation("POST", "/api/prescriptions", summary="Issue a prescription to a connected wallet", tag=tag,
-                       body=IssueRequest, response=PrescriptionView, status=201, errors=(404, 409, 502))
-        async def issue_prescription(_: web.Request, body: IssueRequest) -> PrescriptionView:
-            """Creates the one-time key and the token on chain, then offers the credential. The answer is
-            `offered`; the prescription is `issued` once the wallet has stored it (long poll
-            `GET /api/prescriptions/{id}?wait=30`, or the `prescription.issued` webhook)."""
-            return await self.view(await self.issue(body.connection_id, body.order))
-
-        @api.operation("POST", "/api/prescriptions/fhir", summary="Issue a prescription from a FHIR MedicationRequest",
-                       tag=tag, body=FhirIssueRequest, response=PrescriptionView, status=201,
-                       errors=(404, 409, 502))
-        async def issue_fhir_prescription(_: web.Request, body: FhirIssueRequest) -> PrescriptionView:
-            """FHIR R4 MedicationRequest in; how it maps onto the credential is in docs/fhir.md. What
-            cannot be mapped is refused with a 422 naming the FHIR element."""
-            try:
-                order = order_from_medication_request(body.medication_request)
-            except FhirMappingError as exc:
-                raise ApiError(422, "the MedicationRequest cannot be mapped to a prescription",
-                               fields=[{"field": f"medication_request: {p.path}", "message": p.message}
-                                       for p in exc.problems]) from None
-            return await self.view(await self.issue(body.connection_id, order))
-
-        @api.operation("GET", "/api/prescriptions", summary="Prescriptions issued by this practice, newest first",
-                       tag=tag, query=PageQuery, response=Page[PrescriptionView])
-        async def list_prescriptions(_: web.Request, query: PageQuery) -> Page[PrescriptionView]:
-            page = read_page(self.records, query)
-            views = await asyncio.gather(*(self.view(r) for r in page.items))
-            return Page[PrescriptionView](items=list(views), next=page.next, total=page.total)
-
-        @api.operation("GET", "/api/prescriptions/{prescription_id}", tag=tag, query=WaitQuery,
-                       summary="One prescription with its live token status (long poll with ?wait= until issued)",
-                       response=PrescriptionView, errors=(404,))
-        async def get_prescription(_: web.Request, prescription_id: str, query: WaitQuery) -> PrescriptionView:
-            record = await self.wait_issued(prescription_id, query.wait) if query.wait else self._get(prescription_id)
-            return await self.view(record)
-
-        @api.operation("GET", "/api/prescriptions/{prescription_id}/fhir", tag=tag, response=dict[str, Any],
-                       summary="One prescription as a FHIR R4 MedicationRequest", errors=(404, 409))
-        async def get_fhir_prescription(_: web.Request, prescription_id: str) -> dict[str, Any]:
-            record = self._get(prescription_id)
-            try:
-                return medication_request_from_order(record.order, prescription_id=record.prescription_id,
-                                                     prescriber=self.prescriber,
-                                                     authored_on=dt.datetime.fromtimestamp(record.created_at, dt.UTC))
-            except FhirMappingError as exc:  # not expected: every accepted order has a FHIR form
-                raise ApiError(409, f"this prescription has no valid FHIR form: {exc}") from None
-
-        @api.operation("POST", "/api/prescriptions/{prescription_id}/revoke", tag=tag, response=PrescriptionView,
-                       summary="Revoke: cancel the token on chain, then revoke the credential",
-                       errors=(404, 409, 502, 503))
-        async def revoke_prescription(_: web.Request, prescription_id: str) -> PrescriptionView:
-            return await self.view(await self.revoke(prescription_id))
-
-        return api
-
-
-class DoctorStatus(BaseModel):
-    role: str = "doctor"
-    cred_def_id: str | None
-    issuer_did: str | None
-    schema_id: str
-    chain_account: str
-
-
-class FhirIssueRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    connection_id: RecordId = Field(description="the patient's connection (from an invitation)")
-    medication_request: dict[str, Any] = Field(description="a FHIR R4 MedicationRequest resource (JSON)")
-
-
-class _Meta(BaseModel):
-    cred_def_id: str
-    schema_id: str
 
 
 def _validity_window(order: PrescriptionOrder) -> tuple[int, int]:

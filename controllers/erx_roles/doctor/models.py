@@ -1,0 +1,77 @@
+"""The doctor's records and the bodies and answers of its REST API: a prescription as the practice keeps
+it (its state, its token, its revocation ids; never the token's secret key) and as the API shows it."""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from erx_core.ids import RecordId
+from erx_schemas.prescription import PrescriptionOrder
+
+
+class PrescriptionState(StrEnum):
+    CREATING_TOKEN = "creating_token"
+    OFFERED = "offered"
+    ISSUED = "issued"
+    DECLINED = "declined"
+    REVOKED = "revoked"
+    FAILED = "failed"
+
+
+class IssuedPrescription(BaseModel):
+    """The practice's own record of a prescription (it is the practice's patient file, not the chain)."""
+
+    prescription_id: str
+    connection_id: str
+    state: PrescriptionState
+    order: PrescriptionOrder
+    token_address: str
+    token_tx: str | None = None
+    cred_ex_id: str | None = None
+    thread_id: str | None = None  # the issue exchange's DIDComm thread
+    rev_reg_id: str | None = None
+    cred_rev_id: str | None = None
+    revoke_tx: str | None = None
+    error: str | None = None
+    created_at: float = Field(default_factory=time.time)
+
+
+class PrescriptionView(IssuedPrescription):
+    """A record with its live status from the chain."""
+
+    remaining_redemptions: int | None = None
+    token_cancelled: bool | None = None
+    status: str
+
+
+class IssueRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    connection_id: RecordId = Field(description="the patient's connection (from an invitation)")
+    order: PrescriptionOrder
+
+
+class DoctorStatus(BaseModel):
+    role: str = "doctor"
+    cred_def_id: str | None
+    issuer_did: str | None
+    schema_id: str
+    chain_account: str
+
+
+class FhirIssueRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    connection_id: RecordId = Field(description="the patient's connection (from an invitation)")
+    medication_request: dict[str, Any] = Field(description="a FHIR R4 MedicationRequest resource (JSON)")
+
+
+class CredDefMeta(BaseModel):
+    """The practice's credential definition and the schema it is over (table `meta`, key `cred_def`)."""
+
+    cred_def_id: str
+    schema_id: str
