@@ -85,16 +85,20 @@ async def test_presentation_over_a_connection(network: Network, flow: Scenario):
     assert dispensed["state"] == "dispensed" and dispensed["remaining_redemptions"] == 0
 
 
-async def test_untrusted_issuer_is_refused(network: Network, flow: Scenario):
+async def test_a_pharmacys_deny_override_refuses_a_registered_prescriber_as_untrusted(network: Network,
+                                                                                     flow: Scenario):
+    """The practice is on the national register; pharmacy B denies it on its own: B refuses, A does not."""
     _, cred = await issue(flow)
     pharmacy = flow.client(PHARMACY_B)
-    await pharmacy.request("DELETE", f"/api/trusted-prescribers/{flow.cred_def_id}")
+    await pharmacy.post("/api/trusted-prescribers", {"cred_def_id": flow.cred_def_id, "label": DOCTOR,
+                                                     "decision": "deny"})
     try:
-        check = await flow.redeem(PHARMACY_B, PATIENT, cred)
+        check = await flow.present(PHARMACY_B, PATIENT, cred)
     finally:
-        await pharmacy.post("/api/trusted-prescribers", {"cred_def_id": flow.cred_def_id, "label": DOCTOR})
+        await pharmacy.request("DELETE", f"/api/trusted-prescribers/{flow.cred_def_id}")
     assert check["state"] == "refused"
     assert check["refusal"]["reason"] == "untrusted_issuer"
+    assert (await flow.present(PHARMACY_A, PATIENT, cred))["state"] == "verified"
 
 
 async def test_prescription_not_valid_today_is_refused_as_expired(network: Network, flow: Scenario):
