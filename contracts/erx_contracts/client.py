@@ -345,14 +345,19 @@ class PrescriptionTokenClient:
 
     # ---- tokens -----------------------------------------------------------------
 
-    async def create(self, token: str, *, redemptions: int = 1, not_before: int, not_after: int) -> TxResult:
+    async def create(self, token: str, *, redemptions: int = 1, not_before: int, not_after: int,
+                     journal: Journal | None = None) -> TxResult:
         spec = TokenSpec(token=token, redemptions=redemptions, not_before=not_before, not_after=not_after)
-        return await self._send_call("create", spec.token, spec.redemptions, spec.not_before, spec.not_after)
+        return await self._send_call("create", spec.token, spec.redemptions, spec.not_before, spec.not_after,
+                                     journal=journal)
 
-    async def create_batch(self, specs: Sequence[TokenSpec]) -> TxResult:
-        """All tokens in one transaction; any invalid or existing token reverts the whole batch."""
+    async def create_batch(self, specs: Sequence[TokenSpec], *, journal: Journal | None = None) -> TxResult:
+        """All tokens in one transaction; any invalid or existing token reverts the whole batch.
+
+        `journal(tx_hash, raw_tx)` is awaited with the signed transaction before it is sent (as for
+        `spend`), so a caller that records it can finish the batch after a crash with `resume()`."""
         rows = [(s.token, s.redemptions, s.not_before, s.not_after) for s in specs]
-        return await self._send_call("createBatch", rows)
+        return await self._send_call("createBatch", rows, journal=journal)
 
     async def cancel(self, token: str) -> TxResult:
         return await self._send_call("cancel", to_checksum_address(token))

@@ -1,5 +1,6 @@
 """`erx bench agents`: prescriptions issued and presentations verified per second, through the
-doctor's and a pharmacy's controllers and agents (revocation enabled), with concurrency.
+doctor's and a pharmacy's controllers and agents (revocation enabled), at concurrency 1, 4, 16 and 32
+(`--prefill N` first fills the wallets with N prescriptions). Failed requests are counted per level.
 
 Issued = the doctor's controller creates the token on chain, offers the credential, the patient's
 wallet accepts and stores it. Verified = the pharmacy asks (connectionless), the wallet builds the
@@ -10,18 +11,29 @@ and verifying in-process with 2 threads, measured in the same run.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import asyncio
+import os
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from erx_bench.stats import latency_summary, machine, table
 from erx_roles.scenario import Scenario, sample_order
 
-
-
 if TYPE_CHECKING:  # the launcher's system is handed in; the bench never builds one
     from erx_cli.system import LocalSystem as Network
+
+
+LEVELS = [1, 4, 16, 32]
+QUICK_LEVELS = [1, 2]
+
+
+class Failed:
+    """A request that failed: counted and reported, never a crash of the bench."""
+
+    def __init__(self, error: BaseException):
+        self.error = f"{type(error).__name__}: {error}"[:300]
+
 
 async def _rate(n: int, concurrency: int, action) -> tuple[float, list[float], list]:
     gate = asyncio.Semaphore(concurrency)
@@ -30,7 +42,10 @@ async def _rate(n: int, concurrency: int, action) -> tuple[float, list[float], l
     async def one(i: int):
         async with gate:
             t0 = time.monotonic()
-            result = await action(i)
+            try:
+                result = await action(i)
+            except Exception as exc:  # a refused or timed-out request is a figure, not the end of the run
+                return Failed(exc)
             latencies.append(time.monotonic() - t0)
             return result
 
@@ -39,57 +54,123 @@ async def _rate(n: int, concurrency: int, action) -> tuple[float, list[float], l
     return n / (time.monotonic() - started), latencies, results
 
 
-async def run_agents(network: Network, quick: bool = False, concurrency: int | None = None, progress=print) -> dict:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its live descendants."""
+    ticks, pending = 0, [pid]
+    while pending:
+        p = pending.pop()
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            ticks += int(fields[11]) + int(fields[12])
+            pending += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds each of the system's processes used during a phase (the holder's too: it shares
+    this machine with the issuer and the verifier)."""
+
+    def __init__(self, network: Network):
+        self.network = network
+
+    def sample(self) -> dict[str, float]:
+        return {r.name: _cpu_seconds(r.pid) for r in self.network.supervisor.running()}
+
+    @staticmethod
+    def used(before: dict[str, float], after: dict[str, float], wall_s: float, top: int = 6) -> dict[str, float]:
+        """CPU use per process as a share of one core over the phase, the busiest first."""
+        shares = {name: (after[name] - before.get(name, 0.0)) / wall_s for name in after}
+        return {name: round(share, 2) for name, share in sorted(shares.items(), key=lambda kv: -kv[1])[:top]
+                if share >= 0.01}
+
+
+def _failures(results: list, ok) -> tuple[int, list[str]]:
+    errors = [r.error if isinstance(r, Failed) else f"ended {r.get('state')}" for r in results
+              if isinstance(r, Failed) or not ok(r)]
+    return len(errors), sorted(set(errors))[:3]
+
+
+async def run_agents(network: Network, quick: bool = False, concurrency: int | None = None, progress=print,
+                     levels: list[int] | None = None, prefill: int = 0) -> dict:
+    """Issue and verify at each concurrency level (the same n per level); `prefill` prescriptions are
+    issued first, untimed, so the doctor's and the wallet's stores start that much larger."""
     from erx_bench.anoncreds_ceiling import measure_ceiling
 
-    n = 4 if quick else 60
-    # 20 at once (and sometimes 8) exhausts the agent's sqlite wallet sessions: askar session open times
-    # out after 10 s and ACA-Py answers 500. 4 keeps both agents busy (CPU-bound) without failures.
-    concurrency = concurrency or (2 if quick else 4)
+    levels = levels or ([concurrency] if concurrency else (QUICK_LEVELS if quick else LEVELS))
     roles: dict[str, str] = {}
     for a in network.settings.agents:  # the first agent of each role, as the demo does
         roles.setdefault(a.role, a.name)
     doctor, pharmacy, patient = roles["doctor"], roles["pharmacy"], roles["patient"]
     s = Scenario(network)
+    meter = CpuMeter(network)
+    rows: list[dict] = []
     try:
         await s.onboard(doctor, [pharmacy])
         connection_id, _ = await s.connect(doctor, patient)
-        progress(f"agents bench: issuing {n} prescriptions, {concurrency} at a time")
-        issued_per_s, issue_lat, issued = await _rate(
-            n, concurrency, lambda i: s.issue(doctor, connection_id, sample_order()))
-        failed_issues = sum(p["state"] != "issued" for p in issued)
-        credential = await s.credential_for(patient, issued[0]["prescription_id"])
-        progress(f"agents bench: verifying {n} presentations, {concurrency} at a time")
-        verified_per_s, verify_lat, checks = await _rate(
-            n, concurrency, lambda i: s.present(pharmacy, patient, credential))
-        failed_checks = sum(c["state"] != "verified" for c in checks)
+        if prefill:
+            progress(f"agents bench: pre-filling the wallets with {prefill} prescriptions (untimed)")
+            _, _, filled = await _rate(prefill, 16, lambda i: s.issue(doctor, connection_id, sample_order()))
+            progress(f"agents bench: pre-filled, {_failures(filled, lambda p: p['state'] == 'issued')[0]} failed")
+        for level in levels:
+            n = 4 if quick else max(40, 2 * level)
+            progress(f"agents bench: issuing {n} prescriptions, {level} at a time")
+            cpu0, t0 = meter.sample(), time.monotonic()
+            issued_per_s, issue_lat, issued = await _rate(
+                n, level, lambda i: s.issue(doctor, connection_id, sample_order()))
+            cpu_issue = CpuMeter.used(cpu0, meter.sample(), time.monotonic() - t0)
+            failed, errors = _failures(issued, lambda p: p["state"] == "issued")
+            rows.append({"phase": "issue", "concurrency": level, "n": n, "per_s": round(issued_per_s, 2),
+                         "failed": failed, "errors": errors, "cpu": cpu_issue, **latency_summary(issue_lat)})
+            good = [p for p in issued if not isinstance(p, Failed) and p["state"] == "issued"]
+            if not good:
+                continue
+            credential = await s.credential_for(patient, good[0]["prescription_id"])
+            progress(f"agents bench: verifying {n} presentations, {level} at a time")
+            cpu0, t0 = meter.sample(), time.monotonic()
+            verified_per_s, verify_lat, checks = await _rate(n, level, lambda i: s.present(pharmacy, patient,
+                                                                                           credential))
+            cpu_verify = CpuMeter.used(cpu0, meter.sample(), time.monotonic() - t0)
+            failed, errors = _failures(checks, lambda c: c["state"] == "verified")
+            rows.append({"phase": "verify", "concurrency": level, "n": n, "per_s": round(verified_per_s, 2),
+                         "failed": failed, "errors": errors, "cpu": cpu_verify, **latency_summary(verify_lat)})
     finally:
         await s.close()
     progress("agents bench: in-process AnonCreds ceiling")
     ceiling = await asyncio.to_thread(measure_ceiling, samples=5 if quick else 30)
-    phases = [
-        {"phase": "issue (offer → stored)", "n": n, "concurrency": concurrency, "per_s": round(issued_per_s, 2),
-         "failed": failed_issues, **latency_summary(issue_lat)},
-        {"phase": "verify (request → checked)", "n": n, "concurrency": concurrency,
-         "per_s": round(verified_per_s, 2), "failed": failed_checks, **latency_summary(verify_lat)},
-    ]
+    best_issue = max((r for r in rows if r["phase"] == "issue"), key=lambda r: r["per_s"], default=None)
+    best_verify = max((r for r in rows if r["phase"] == "verify"), key=lambda r: r["per_s"], default=None)
+    issued_per_s = best_issue["per_s"] if best_issue else 0.0
+    verified_per_s = best_verify["per_s"] if best_verify else 0.0
     summary = {
-        "issued_per_s": round(issued_per_s, 2),
-        "verified_per_s": round(verified_per_s, 2),
+        "issued_per_s": issued_per_s,
+        "verified_per_s": verified_per_s,
         "ceiling_sign_per_s": ceiling["ceiling_sign_per_s"],
         "ceiling_verify_per_s": ceiling["ceiling_verify_per_s"],
         "issue_ratio_to_ceiling": round(issued_per_s / ceiling["ceiling_sign_per_s"], 3),
         "verify_ratio_to_ceiling": round(verified_per_s / ceiling["ceiling_verify_per_s"], 3),
-        "failed": failed_issues + failed_checks,
+        "best_issue_concurrency": best_issue["concurrency"] if best_issue else None,
+        "best_verify_concurrency": best_verify["concurrency"] if best_verify else None,
+        "failed": sum(r["failed"] for r in rows),
+        "prefill": prefill,
     }
-    return {"bench": "agents", "quick": quick, "machine": machine(), "summary": summary, "phases": phases,
-            "ceiling": ceiling}
+    return {"bench": "agents", "quick": quick, "machine": machine(), "summary": summary, "levels": rows,
+            "phases": rows, "ceiling": ceiling,
+            "note": "the patient's wallet (the holder, building every proof) shares this machine's CPU"}
 
 
 def render(report: dict) -> str:
     s = report["summary"]
-    return (table(report["phases"], ["phase", "n", "concurrency", "per_s", "failed", "p50_latency_s",
-                                     "p95_latency_s", "p99_latency_s"]) + "\n\n"
+    rows = [{**r, "cpu": ", ".join(f"{k} {v}" for k, v in r["cpu"].items())} for r in report["levels"]]
+    errors = [f"  {r['phase']} @{r['concurrency']}: {e}" for r in report["levels"] for e in r["errors"]]
+    return (table(rows, ["phase", "concurrency", "n", "per_s", "failed", "p50_latency_s", "p95_latency_s",
+                         "p99_latency_s", "cpu"]) + "\n"
+            + ("failures:\n" + "\n".join(errors) + "\n" if errors else "")
+            + f"cpu: cores used per process during the phase (busiest first); {report['note']}\n"
+            + (f"wallets pre-filled with {s['prefill']} prescriptions\n" if s.get("prefill") else "") + "\n"
             f"issued {s['issued_per_s']}/s ({s['issue_ratio_to_ceiling']} of in-process signing "
             f"{s['ceiling_sign_per_s']}/s); verified {s['verified_per_s']}/s ({s['verify_ratio_to_ceiling']} of "
-            f"in-process verification {s['ceiling_verify_per_s']}/s)")
+            f"in-process verification {s['ceiling_verify_per_s']}/s); best levels: issue @{s['best_issue_concurrency']}, "
+            f"verify @{s['best_verify_concurrency']}")

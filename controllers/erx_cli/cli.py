@@ -117,7 +117,8 @@ def cmd_bench(args) -> int:
         net = LocalSystem(Settings(), progress)
         await net.up()
         if args.target == "agents":
-            return await agents.run_agents(net, quick=args.quick, progress=progress)
+            return await agents.run_agents(net, quick=args.quick, progress=progress, prefill=args.prefill,
+                                           levels=args.levels)
         return await flow.run_flow_bench(net, quick=args.quick, progress=progress)
 
     report = asyncio.run(run())
@@ -284,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a small load")
     p.add_argument("--caliper", action="store_true", help="ledger: also run Hyperledger Caliper (default unless --quick)")
     p.add_argument("--no-caliper", action="store_true", help="ledger: skip Hyperledger Caliper")
+    p.add_argument("--prefill", type=int, default=0, help="agents: first issue this many prescriptions, untimed")
+    p.add_argument("--levels", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                   help="agents: concurrency levels, e.g. 1,4,16,32 (the default)")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("integrator", help="API tokens for integrators: add NAME, list, remove ID")
     p.add_argument("action", choices=["add", "list", "remove"])

@@ -46,6 +46,7 @@ class EventType(StrEnum):
     ISSUED = "prescription.issued"
     DECLINED = "prescription.declined"
     REVOKED = "prescription.revoked"
+    FAILED = "prescription.failed"  # its token could not be created after the offer went out
     PRESENTED = "prescription.presented"
     DISPENSED = "prescription.dispensed"
     REFUSED = "prescription.refused"

@@ -84,6 +84,8 @@ async def build_app(config: ControllerConfig) -> web.Application:
         yield
         if housekeeping is not None:
             housekeeping.cancel()
+        if isinstance(service, DoctorService):
+            await service.tokens.close()  # what is journaled is finished after the restart
         await ctx.close()
 
     app.cleanup_ctx.append(background)

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from erx_bench.agents import render as render_agents
 from erx_bench.agents import run_agents
 from erx_bench.flow import run_flow_bench
 from erx_bench.ledger import run_ledger
@@ -35,6 +36,10 @@ async def test_agents_bench_quick(network: Network):
     doc = assert_report(await run_agents(network, quick=True, progress=lambda m: None),
                         {"issued_per_s", "verified_per_s", "ceiling_sign_per_s", "ceiling_verify_per_s"})
     assert doc["summary"]["failed"] == 0
+    assert [(r["phase"], r["concurrency"]) for r in doc["levels"]] == [
+        ("issue", 1), ("verify", 1), ("issue", 2), ("verify", 2)]
+    assert all(r["cpu"] for r in doc["levels"]), "CPU per process is measured for every phase"
+    assert "agents bench" not in render_agents(doc) and "concurrency" in render_agents(doc)
 
 
 async def test_flow_bench_quick(network: Network):

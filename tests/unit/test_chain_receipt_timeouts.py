@@ -1,9 +1,11 @@
 """A transaction whose receipt does not come in time may still be mined: the roles never treat
 `ReceiptTimeout` as final. A pharmacy's spend stays `dispensing` (503, finished by `resume` at restart);
-a doctor's prescription stays `creating_token`, never `failed`."""
+a doctor's prescription stays `offered` with its token `pending` (and its journaled transaction), never
+`failed`."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from types import SimpleNamespace
 
@@ -16,6 +18,7 @@ from erx_core.settings import CheckSettings, OfferSettings
 from erx_core.store import Store
 from erx_core.webhooks import Outbox, WebhookSettings
 from erx_roles.doctor import DoctorService, PrescriptionState
+from erx_roles.doctor.models import TokenState
 from erx_roles.errors import Unavailable
 from erx_roles.http import http_error
 from erx_roles.pharmacy import CheckState, PharmacyService, StoredCheck
@@ -31,7 +34,8 @@ class SlowChain:
     config = SimpleNamespace(chain_id=1337)
     contract_address = "0x" + "11" * 20
 
-    async def create(self, *_, **__):
+    async def create(self, *_, journal=None, **__):
+        await journal(TX, RAW)
         raise ReceiptTimeout(TX, 30.0, RAW)
 
     async def spend(self, _key, *, journal=None):
@@ -45,16 +49,20 @@ async def test_a_doctor_create_without_receipt_stays_pending_never_failed(tmp_pa
     async def connection(_):
         return SimpleNamespace(active=True, state="active")
 
-    ctx = SimpleNamespace(store=store, bus=EventBus(), admin=SimpleNamespace(connection=connection),
+    async def send_offer(*_, **__):
+        return SimpleNamespace(cred_ex_id="ex1")
+
+    ctx = SimpleNamespace(store=store, bus=EventBus(), admin=SimpleNamespace(connection=connection, send_offer=send_offer),
                           outbox=Outbox(store, "doctor", WebhookSettings()), chain=SlowChain(),
-                          config=SimpleNamespace(offers=OfferSettings()))
+                          config=SimpleNamespace(offers=OfferSettings(), label="Dr Test"))
     service = DoctorService(ctx)
-    service.cred_def_id = "cred-def"
-    with pytest.raises(Unavailable) as caught:
-        await service.issue(str(uuid.uuid4()), PrescriptionOrder.model_validate(sample_order()))
-    assert http_error(caught.value).status == 503
+    service.cred_def_id, service.issuer_did = "cred-def", "Th7MpTaRZVRYnPiabds81Y"
+    offered = await service.issue(str(uuid.uuid4()), PrescriptionOrder.model_validate(sample_order()))
+    assert offered.state == PrescriptionState.OFFERED, "the offer does not wait for the receipt"
+    await asyncio.gather(*list(service._tasks))
     (record,) = service.records.all()
-    assert record.state == PrescriptionState.CREATING_TOKEN and record.token_tx == TX
+    assert record.state == PrescriptionState.OFFERED and record.token_state == TokenState.PENDING
+    assert record.token_tx == TX and service.batches.get(TX).raw_tx == RAW, "kept for resume() later"
 
 
 async def test_a_pharmacy_spend_without_receipt_stays_dispensing_with_a_503(tmp_path):

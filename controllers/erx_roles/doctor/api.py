@@ -33,9 +33,11 @@ def doctor_api(service: DoctorService) -> Api:
     @api.operation("POST", "/api/prescriptions", summary="Issue a prescription to a connected wallet", tag=tag,
                    body=IssueRequest, response=PrescriptionView, status=201, errors=(404, 409, 502))
     async def issue_prescription(_: web.Request, body: IssueRequest) -> PrescriptionView:
-        """Creates the one-time key and the token on chain, then offers the credential. The answer is
-        `offered`; the prescription is `issued` once the wallet has stored it (long poll
-        `GET /api/prescriptions/{id}?wait=30`, or the `prescription.issued` webhook)."""
+        """Creates the one-time key, sends the token's create to the chain (batched with concurrent
+        issuances) and offers the credential at once. The answer is `offered`; the prescription is
+        `issued` once the wallet has stored it and the token is mined (long poll
+        `GET /api/prescriptions/{id}?wait=30`, or the `prescription.issued` webhook). Should the create
+        fail, the offer is withdrawn (or the stored credential revoked) and the prescription ends `failed`."""
         return await service.view(await service.issue(body.connection_id, body.order))
 
     @api.operation("POST", "/api/prescriptions/fhir", summary="Issue a prescription from a FHIR MedicationRequest",

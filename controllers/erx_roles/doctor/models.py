@@ -22,6 +22,16 @@ class PrescriptionState(StrEnum):
     FAILED = "failed"
 
 
+class TokenState(StrEnum):
+    """Where the prescription's token is, apart from the credential's own state: the offer goes out
+    while the create is on its way (`erx_roles.doctor.tokens`), so a prescription is `issued` only once
+    the wallet stored the credential AND the token is `created`."""
+
+    PENDING = "pending"  # handed to the batcher, sent or being sent (token_tx once journaled)
+    CREATED = "created"  # mined: the token exists
+    FAILED = "failed"  # reverted, dropped or refused: it does not exist and this create never will
+
+
 class IssuedPrescription(BaseModel):
     """The practice's own record of a prescription (it is the practice's patient file, not the chain)."""
 
@@ -30,12 +40,15 @@ class IssuedPrescription(BaseModel):
     state: PrescriptionState
     order: PrescriptionOrder
     token_address: str
-    token_tx: str | None = None
+    token_tx: str | None = None  # the create's transaction (a createBatch shared with other prescriptions)
+    # records from before the pipeline had their token before the offer went out
+    token_state: TokenState = TokenState.CREATED
     cred_ex_id: str | None = None
     thread_id: str | None = None  # the issue exchange's DIDComm thread
     rev_reg_id: str | None = None
     cred_rev_id: str | None = None
     revoke_tx: str | None = None
+    credential_stored: bool = False  # the wallet acknowledged the credential (`issued` once the token is too)
     error: str | None = None
     created_at: float = Field(default_factory=time.time)
 
@@ -68,6 +81,16 @@ class FhirIssueRequest(BaseModel):
 
     connection_id: RecordId = Field(description="the patient's connection (from an invitation)")
     medication_request: dict[str, Any] = Field(description="a FHIR R4 MedicationRequest resource (JSON)")
+
+
+class TokenBatch(BaseModel):
+    """One create transaction as journaled before it was sent (table `token_batch`, key its hash): the
+    signed bytes let a restarted controller finish it with `resume()`; never shown by the API."""
+
+    tx_hash: str
+    raw_tx: str
+    prescription_ids: list[str]
+    sent_at: float = Field(default_factory=time.time)
 
 
 class CredDefMeta(BaseModel):

@@ -1,12 +1,16 @@
 """The doctor's practice: connect a patient, issue a prescription, revoke it, list what was issued.
 
-Issuing, in order (each step recorded before the next, so a crash leaves a record saying how far
-it got):
-  1. a fresh one-time key pair (sk_presc, pk_presc);
-  2. a token on the chain keyed by pk_presc, with the allowed redemptions and validity window;
-  3. an AnonCreds credential offered to the patient, carrying the prescription and sk_presc;
-  4. the patient's wallet accepts: the credential is issued (webhook).
-The doctor's records keep the token address and revocation ids, never sk_presc.
+Issuing (each step recorded, so a crash leaves a record saying how far it got):
+  1. a fresh one-time key pair (sk_presc, pk_presc); the record (`creating_token`, token `pending`);
+  2. the token's create, keyed by pk_presc with the allowed redemptions and validity window, handed to
+     the batcher (`erx_roles.doctor.tokens`: the creates of concurrent issuances go as one createBatch,
+     journaled with the records before it is sent) and, at the same time, not waiting for its receipt,
+  3. an AnonCreds credential offered to the patient, carrying the prescription and sk_presc (`offered`);
+  4. `issued` once both happened: the wallet stored the credential (webhook) and the token is mined.
+A create that fails after the offer went out withdraws the offer, or revokes the credential if the
+wallet already stored it: the record ends `failed`. A create without a receipt yet is not a failure:
+the housekeeping loop finishes it from the journal. The records keep the token address and revocation
+ids, never sk_presc (the token address is all a create needs).
 """
 
 from __future__ import annotations
@@ -19,17 +23,19 @@ import uuid
 
 from pydantic import SecretStr
 
-from erx_contracts.client import new_prescription_key
+from erx_contracts.client import TokenSpec, TxResult, new_prescription_key
 from erx_contracts.errors import ChainError, ChainUnavailable, ContractError, ReceiptTimeout
 from erx_core.acapy_admin import AdminApiError, AgentUnreachable, CredExState
-from erx_core.events import EventTimeout, Handler, Payload
+from erx_core.events import Handler, Payload
 from erx_core.recovery import SetAside
 from erx_core.webhooks import EventType
 from erx_indy.ledger import IndyLedgerError
 from erx_roles.connections import require_active_connection
 from erx_roles.context import RoleContext
-from erx_roles.doctor.models import CredDefMeta, IssuedPrescription, PrescriptionState, PrescriptionView
-from erx_roles.errors import Conflict, Unavailable, UpstreamRefused, not_found, unavailable
+from erx_roles.doctor.models import (CredDefMeta, IssuedPrescription, PrescriptionState, PrescriptionView, TokenBatch,
+                                     TokenState)
+from erx_roles.doctor.tokens import TokenBatcher
+from erx_roles.errors import Conflict, UpstreamRefused, not_found, unavailable
 from erx_schemas.prescription import Prescriber, Prescription, PrescriptionOrder, TokenRef
 
 LOG = logging.getLogger("erx.doctor")
@@ -42,12 +48,18 @@ UNFINISHED_CREATE_AFTER_S = 90  # > the chain client's receipt timeout: no creat
 class DoctorService:
     def __init__(self, ctx: RoleContext):
         self.ctx = ctx
-        self.records = ctx.store.table("prescription", IssuedPrescription, indexed=("cred_ex_id", "state"))
+        self.records = ctx.store.table("prescription", IssuedPrescription,
+                                       indexed=("cred_ex_id", "state", "token_state"))
+        self.batches = ctx.store.table("token_batch", TokenBatch)  # create transactions, journaled before sending
         self.meta = ctx.store.table("meta", CredDefMeta)
         self.cred_def_id: str | None = None
         self.issuer_did: str | None = None
         self.needs_attention = SetAside()  # prescriptions start-up recovery could not settle
+        self.tokens = TokenBatcher(ctx.chain, self._journal_batch)
         self._locks: dict[str, asyncio.Lock] = {}
+        self._following: set[str] = set()  # prescriptions whose create this process is waiting for
+        self._tasks: set[asyncio.Task] = set()
+        self._changed: dict[str, asyncio.Event] = {}  # set when a record's state moves (wait_issued)
 
     def subscriptions(self) -> list[tuple[str, Handler]]:
         """The agent's events this service acts on (wired by `erx_roles.context.wire` at start-up)."""
@@ -81,7 +93,8 @@ class DoctorService:
         """At start-up: offers the wallet answered while this controller was down (its agent's webhooks
         went nowhere) are settled from the agent's exchange records, with their events."""
         settled = []
-        for record in [r for r in self.records.find_all("state", PrescriptionState.OFFERED) if r.cred_ex_id]:
+        for record in [r for r in self.records.find_all("state", PrescriptionState.OFFERED)
+                       if r.cred_ex_id and not r.credential_stored]:
             await self.needs_attention.attempt(record.prescription_id, self._recover_offer(record), LOG)
             if self.get(record.prescription_id).state != PrescriptionState.OFFERED:
                 settled.append(record.prescription_id)
@@ -96,13 +109,23 @@ class DoctorService:
         a token that never appeared fails too. Never a live token under a `failed` record."""
         now = time.time() if now is None else now
         settled = []
+        resumed: dict[str, TxResult | BaseException] = {}
         for record in list(self.records.find_all("state", PrescriptionState.CREATING_TOKEN)):
-            if now - record.created_at < UNFINISHED_CREATE_AFTER_S:
+            if now - record.created_at < UNFINISHED_CREATE_AFTER_S or record.prescription_id in self._following:
                 continue
             async with self._lock(record.prescription_id):
+                record = self.get(record.prescription_id)
+                if record.state != PrescriptionState.CREATING_TOKEN:
+                    continue
+                if record.token_state == TokenState.PENDING and record.token_tx:
+                    outcome = await self._resume(record.token_tx, resumed)
+                    if _undecided(outcome):
+                        continue  # it may still be mined: next round
                 status = await self.ctx.chain.status(record.token_address)
                 if status.exists and not status.cancelled:
                     await self.ctx.chain.cancel(record.token_address)
+                record = self.get(record.prescription_id)
+                record.token_state = TokenState.CREATED if status.exists else TokenState.FAILED
                 self._fail(record, "the issuance did not complete (no offer was sent); "
                            + ("its token was cancelled" if status.exists else "no token was created")
                            + ": issue the prescription again")
@@ -131,60 +154,240 @@ class DoctorService:
         await require_active_connection(self.ctx, connection_id)
         key = new_prescription_key()
         pid = str(uuid.uuid4())
-        record = self.records.put(pid, IssuedPrescription(
-            prescription_id=pid, connection_id=connection_id, state=PrescriptionState.CREATING_TOKEN, order=order,
-            token_address=key.address))
         not_before, not_after = _validity_window(order)
-        try:
-            tx = await self.ctx.chain.create(key.address, redemptions=order.redemptions,
-                                             not_before=not_before, not_after=not_after)
-        except ReceiptTimeout as exc:  # sent but not confirmed: it may still be mined, so never `failed`
-            record.token_tx, record.error = exc.tx_hash, f"token creation not confirmed yet: {exc}"
-            self.records.put(pid, record)
-            raise Unavailable(f"the chain has not confirmed the token yet (transaction {exc.tx_hash}); "
-                              f"prescription {pid} stays {record.state.value}") from exc
-        except ChainUnavailable as exc:
-            if exc.maybe_delivered:  # it may still be mined: settled later from the chain, never `failed` now
-                record.error = f"token creation not confirmed yet: {exc}"
-                self.records.put(pid, record)
-            else:
-                self._fail(record, f"the chain was unreachable: {exc}")
-            raise unavailable("the chain did not answer") from exc
-        except ChainError as exc:
-            self._fail(record, f"token creation failed: {exc}")
-            raise UpstreamRefused(f"the chain refused the token: {exc}") from exc
-        record.token_tx = tx.tx_hash
+        spec = TokenSpec(token=key.address, redemptions=order.redemptions, not_before=not_before, not_after=not_after)
         prescription = Prescription(
             prescription_id=pid, order=order, prescriber=self.prescriber,
             token=TokenRef(chain_id=self.ctx.chain.config.chain_id, contract=self.ctx.chain.contract_address,
                            secret_key=SecretStr(key.private_key)))
+        self._put(IssuedPrescription(
+            prescription_id=pid, connection_id=connection_id, state=PrescriptionState.CREATING_TOKEN, order=order,
+            token_address=key.address, token_state=TokenState.PENDING))
+        # The create and the offer go at once: the token's address is known from the key already, and a
+        # credential whose token never comes to exist is refused by every pharmacy (`unknown token`).
+        self._follow(pid, spec)
         try:
             exchange = await self.ctx.admin.send_offer(connection_id, self.cred_def_id, prescription.to_attributes(),
                                                        comment=f"Prescription: {order.medication.name}")
         except AdminApiError as exc:
-            await self.ctx.chain.cancel(key.address)  # an unissued prescription must not stay redeemable
-            self._fail(record, f"offer failed: {exc.reason}")
+            async with self._lock(pid):  # its token, once created, is cancelled (`_token_created`)
+                self._fail(self.get(pid), f"offer failed: {exc.reason}")
             raise UpstreamRefused(f"the agent refused the offer: {exc.reason}") from exc
-        record.cred_ex_id = exchange.cred_ex_id
-        record.state = PrescriptionState.OFFERED
-        self._commit(record, EventType.OFFERED)
+        async with self._lock(pid):
+            record = self.get(pid)
+            record.cred_ex_id = exchange.cred_ex_id
+            record.state = PrescriptionState.OFFERED
+            self._commit(record, EventType.OFFERED)
+        if record.token_state == TokenState.FAILED:  # the create failed while the offer went out
+            await self._abort_logged(pid)
+            return self.get(pid)
         # A quick wallet may have answered before the exchange id was on record: replay what came.
         for payload in self.ctx.bus.recent(ISSUE_TOPIC, lambda p: p["cred_ex_id"] == record.cred_ex_id):
             await self._on_issue_event(ISSUE_TOPIC, payload)
         return self.get(pid)
+
+    # -- the token's create ------------------------------------------------------------------------
+    async def _journal_batch(self, prescription_ids: list[str], tx_hash: str, raw_tx: str) -> None:
+        """Before a create transaction is sent: its signed bytes, and its hash on each of its records.
+        (No lock: it runs under the chain client's nonce lock. Whoever else writes a record re-reads it
+        after each await, so this write is not lost.)"""
+        with self.ctx.store.transaction():
+            self.batches.put(tx_hash, TokenBatch(tx_hash=tx_hash, raw_tx=raw_tx, prescription_ids=prescription_ids))
+            for pid in prescription_ids:
+                if (record := self.records.get(pid)) is not None:
+                    record.token_tx = tx_hash
+                    self.records.put(pid, record)
+
+    def _follow(self, pid: str, spec: TokenSpec) -> None:
+        """Hand the create to the batcher and settle the record with its outcome, in the background."""
+        self._following.add(pid)
+        task = asyncio.create_task(self._await_token(pid, self.tokens.submit(pid, spec)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _await_token(self, pid: str, created: asyncio.Future[TxResult]) -> None:
+        try:
+            try:
+                result: TxResult | BaseException = await created
+            except ChainError as exc:
+                result = exc
+            await self._token_outcome(pid, result)
+        except Exception:  # e.g. the agent is down for the withdrawal: the housekeeping loop goes on
+            LOG.exception("prescription %s: settling its token failed; the housekeeping loop retries", pid)
+        finally:
+            self._following.discard(pid)
+
+    async def _token_outcome(self, pid: str, outcome: TxResult | BaseException) -> None:
+        if isinstance(outcome, TxResult):
+            await self._token_created(pid, outcome.tx_hash)
+        elif _undecided(outcome):  # sent, not confirmed: settled later from the journal and the chain
+            async with self._lock(pid):
+                record = self.get(pid)
+                if record.token_state == TokenState.PENDING:
+                    record.error = f"token creation not confirmed yet: {outcome}"
+                    self._put(record)
+            LOG.warning("prescription %s: token creation not confirmed yet: %s", pid, outcome)
+        else:
+            try:  # e.g. a resent batch that lost against itself: the chain says whether the token is there
+                exists = (await self.ctx.chain.status(self.get(pid).token_address)).exists
+            except ChainError:
+                return  # unknown: the housekeeping loop asks again
+            if exists:
+                await self._token_created(pid, None)
+            else:
+                await self._token_failed(pid, outcome)
+
+    async def _token_created(self, pid: str, tx_hash: str | None) -> None:
+        async with self._lock(pid):
+            record = self.get(pid)
+            if record.token_state != TokenState.PENDING:
+                return
+            if record.state in (PrescriptionState.DECLINED, PrescriptionState.FAILED):
+                # declined (or the offer failed) while the create was on its way: nobody may redeem it.
+                # Recorded `created` only once cancelled, so a failed cancel is tried again.
+                if not (await self.ctx.chain.status(record.token_address)).cancelled:
+                    await self.ctx.chain.cancel(record.token_address)
+                record = self.get(pid)
+            record.token_state = TokenState.CREATED
+            record.token_tx = tx_hash or record.token_tx
+            if record.error and record.error.startswith("token creation not confirmed"):
+                record.error = None
+            if record.state == PrescriptionState.OFFERED and record.credential_stored:
+                record.state = PrescriptionState.ISSUED
+                self._commit(record, EventType.ISSUED)
+                LOG.info("prescription %s: %s", pid, record.state)
+            else:
+                self._put(record)
+
+    async def _token_failed(self, pid: str, exc: BaseException) -> None:
+        async with self._lock(pid):
+            record = self.get(pid)
+            if record.token_state != TokenState.PENDING:
+                return
+            record.token_state, record.error = TokenState.FAILED, f"token creation failed: {exc}"
+            self._put(record)
+            LOG.warning("prescription %s (%s): token creation failed: %s", pid, record.state, exc)
+            if record.state == PrescriptionState.OFFERED:  # (creating_token: `issue` withdraws it once sent)
+                await self._abort(record)
+
+    async def _abort_logged(self, pid: str) -> None:
+        try:
+            async with self._lock(pid):
+                record = self.get(pid)
+                if record.state == PrescriptionState.OFFERED and record.token_state == TokenState.FAILED:
+                    await self._abort(record)
+        except Exception:
+            LOG.exception("prescription %s: its token failed and its offer is not withdrawn yet; retried later", pid)
+
+    async def _abort(self, record: IssuedPrescription) -> None:
+        """The token will never exist: the offer is withdrawn (a problem report), or, if the wallet has
+        the credential already, the credential is revoked (the patient is told); the record fails, with
+        the event (`declined` for a withdrawn offer, `revoked` for a revoked credential). Under the
+        record's lock; resumable: an agent or pool that is down leaves it to the housekeeping loop."""
+        pid, reason = record.prescription_id, record.error or "token creation failed"
+        if not record.credential_stored:
+            try:
+                await self.ctx.admin.decline_offer(record.cred_ex_id, "the prescription could not be issued")
+            except AgentUnreachable:
+                raise
+            except AdminApiError as exc:  # already answered, abandoned or forgotten
+                LOG.info("prescription %s: problem report not sent: %s", pid, exc.reason)
+            try:
+                exchange = await self.ctx.admin.credential_exchange(record.cred_ex_id)
+            except AgentUnreachable:
+                raise
+            except AdminApiError:
+                exchange = None
+            record = self.get(pid)
+            if exchange is not None and exchange.cred_rev_id:  # issued before the report reached the agent
+                record.rev_reg_id, record.cred_rev_id = exchange.rev_reg_id, exchange.cred_rev_id
+                record.thread_id = exchange.thread_id or record.thread_id
+                record.credential_stored = True
+                self._put(record)
+        if record.credential_stored:
+            if not await self._revoked_on_ledger(record):
+                await self._publish_revocation(record)
+            reason = f"{reason}; the credential was revoked"
+        else:
+            reason = f"{reason}; the offer was withdrawn"
+        event = EventType.FAILED
+        record = self.get(pid)
+        record.state, record.error = PrescriptionState.FAILED, reason
+        self._commit(record, event)
+        LOG.info("prescription %s: failed (%s)", pid, reason)
+        await self._forget_exchange(record)
+
+    async def _resume(self, tx_hash: str, cache: dict[str, TxResult | BaseException]) -> TxResult | BaseException:
+        """The outcome of a journaled create (once per round for a batch shared by several records)."""
+        if tx_hash not in cache:
+            batch = self.batches.get(tx_hash)
+            if batch is None:
+                cache[tx_hash] = ChainUnavailable(f"transaction {tx_hash} is not journaled")
+            else:
+                try:
+                    cache[tx_hash] = await self.ctx.chain.resume(batch.tx_hash, batch.raw_tx)
+                except ChainError as exc:
+                    cache[tx_hash] = exc
+        return cache[tx_hash]
+
+    async def settle_pending_tokens(self) -> list[str]:
+        """Creates this process is not waiting for (their receipt timed out, or the controller restarted)
+        are finished from the journal: `resume` says mined, reverted or dropped; one that was never
+        journaled is sent now (only the token's address is needed, not the one-time key). A failure whose
+        withdrawal or revocation did not finish is tried again."""
+        settled = []
+        resumed: dict[str, TxResult | BaseException] = {}
+        for record in list(self.records.find_all("token_state", TokenState.PENDING)):
+            pid = record.prescription_id
+            if pid in self._following or record.state == PrescriptionState.CREATING_TOKEN:
+                continue  # waited for here, or `settle_unfinished_creates`'
+            if record.token_tx and self.batches.get(record.token_tx) is not None:
+                outcome = await self._resume(record.token_tx, resumed)
+                if _undecided(outcome):
+                    continue
+                await self._token_outcome(pid, outcome)
+            elif record.state == PrescriptionState.OFFERED:
+                not_before, not_after = _validity_window(record.order)
+                self._follow(pid, TokenSpec(token=record.token_address, redemptions=record.order.redemptions,
+                                            not_before=not_before, not_after=not_after))
+                continue
+            else:  # declined or failed before its create was sent: it never will be
+                async with self._lock(pid):
+                    record = self.get(pid)
+                    if record.token_state == TokenState.PENDING and not record.token_tx:
+                        record.token_state = TokenState.FAILED
+                        self._put(record)
+            if self.get(pid).token_state != TokenState.PENDING:
+                settled.append(pid)
+        for record in list(self.records.find_all("state", PrescriptionState.OFFERED)):
+            if record.token_state == TokenState.FAILED and record.prescription_id not in self._following:
+                await self._abort_logged(record.prescription_id)
+                if self.get(record.prescription_id).state != PrescriptionState.OFFERED:
+                    settled.append(record.prescription_id)
+        return settled
 
     def _lock(self, prescription_id: str) -> asyncio.Lock:
         return self._locks.setdefault(prescription_id, asyncio.Lock())
 
     def _fail(self, record: IssuedPrescription, error: str) -> None:
         record.state, record.error = PrescriptionState.FAILED, error
+        self._put(record)
+
+    def _put(self, record: IssuedPrescription) -> IssuedPrescription:
         self.records.put(record.prescription_id, record)
+        self._notify(record.prescription_id)
+        return record
+
+    def _notify(self, prescription_id: str) -> None:
+        if (changed := self._changed.pop(prescription_id, None)) is not None:
+            changed.set()
 
     def _commit(self, record: IssuedPrescription, event: EventType) -> IssuedPrescription:
         """Save a state change and its event for integrators together: neither without the other."""
         with self.ctx.store.transaction():
             self.records.put(record.prescription_id, record)
             self.ctx.outbox.record(event, {"prescription": record.model_dump(mode="json")})
+        self._notify(record.prescription_id)
         return record
 
     def _by_exchange(self, cred_ex_id: str) -> IssuedPrescription | None:
@@ -197,24 +400,40 @@ class DoctorService:
 
     async def _settle(self, prescription_id: str, state: str | None, error_msg: str | None) -> None:
         """The one place an issue exchange's state moves a prescription: from the webhook, from the
-        replay after `issue`, and from start-up recovery alike. Only an open offer moves."""
+        replay after `issue`, and from start-up recovery alike. Only an open offer moves; a stored
+        credential makes it `issued` once its token is created too (`_token_created` otherwise)."""
         async with self._lock(prescription_id):
             record = self.get(prescription_id)
-            if record.state not in (PrescriptionState.OFFERED, PrescriptionState.CREATING_TOKEN):
+            if record.state not in (PrescriptionState.OFFERED, PrescriptionState.CREATING_TOKEN) \
+                    or record.credential_stored:
                 return
             if state == CredExState.DONE:  # the wallet acknowledged: it holds the credential
                 exchange = await self.ctx.admin.credential_exchange(record.cred_ex_id)
+                record = self.get(prescription_id)  # re-read: a create's journal may have written it meanwhile
                 record.rev_reg_id, record.cred_rev_id = exchange.rev_reg_id, exchange.cred_rev_id
                 record.thread_id = exchange.thread_id
-                record.state, event = PrescriptionState.ISSUED, EventType.ISSUED
+                record.credential_stored = True
+                if record.token_state == TokenState.CREATED:
+                    record.state, event = PrescriptionState.ISSUED, EventType.ISSUED
+                else:  # still `offered`: `issued` once the token is mined, revoked if it never is
+                    self._put(record)
+                    if record.token_state == TokenState.FAILED:
+                        await self._abort(record)
+                    event = None
             elif state in (CredExState.ABANDONED, CredExState.DECLINED, CredExState.DELETED):
+                if record.token_state == TokenState.FAILED:  # withdrawn by `_abort`, or to be
+                    return
+                if record.token_state == TokenState.CREATED:
+                    await self.ctx.chain.cancel(record.token_address)
+                    record = self.get(prescription_id)
+                # (a token still pending is cancelled as soon as it is created: `_token_created`)
                 record.state, event = PrescriptionState.DECLINED, EventType.DECLINED
                 record.error = error_msg or "the patient's wallet declined the offer"
-                await self.ctx.chain.cancel(record.token_address)
             else:
                 return
-            self._commit(record, event)
-            LOG.info("prescription %s: %s", record.prescription_id, record.state)
+            if event is not None:
+                self._commit(record, event)
+                LOG.info("prescription %s: %s", record.prescription_id, record.state)
         # The exchange record holds the offer, and so the token's one-time key: the practice keeps
         # only the revocation ids and the thread, never the key.
         await self._forget_exchange(record)
@@ -228,18 +447,18 @@ class DoctorService:
                             record.cred_ex_id, exc.reason)
 
     async def wait_issued(self, prescription_id: str, timeout_s: float) -> IssuedPrescription:
+        """The record once it is no longer `offered` (issued, declined, failed), or as it is after `timeout_s`:
+        `issued` needs both the wallet's acknowledgement and the token's create."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         record = self.get(prescription_id)
-        if record.state == PrescriptionState.OFFERED:
-            waiter = self.ctx.bus.expect(ISSUE_TOPIC, lambda p: p["cred_ex_id"] == record.cred_ex_id
-                                         and p["state"] in ("done", "abandoned", "declined"),
-                                         include_recent=True)
+        while record.state == PrescriptionState.OFFERED and (left := deadline - loop.time()) > 0:
+            changed = self._changed.setdefault(prescription_id, asyncio.Event())
             try:
-                await waiter.wait(timeout_s)
-            except EventTimeout:
-                return self.get(prescription_id)  # still offered: the patient has not accepted yet
-            # the event may still be being settled (a decline cancels the token first): wait for that
-            async with self._lock(prescription_id):
-                pass
+                await asyncio.wait_for(changed.wait(), left)
+            except TimeoutError:
+                break  # still offered: the patient has not accepted yet (or the token is not mined yet)
+            record = self.get(prescription_id)
         return self.get(prescription_id)
 
     # -- revoking ---------------------------------------------------------------------------------
@@ -306,7 +525,9 @@ class DoctorService:
         after_s = self.ctx.config.offers.unstored_after_s
         expired = []
         for record in list(self.records.find_all("state", PrescriptionState.OFFERED)):
-            if now - record.created_at >= after_s:
+            # (a stored credential waits for its token; a failed token's offer is withdrawn by `_abort`)
+            if now - record.created_at >= after_s and not record.credential_stored \
+                    and record.token_state != TokenState.FAILED:
                 await self._settle(record.prescription_id, CredExState.ABANDONED,
                                    f"the wallet did not store the credential within {after_s / 60:.0f} min")
                 if self.get(record.prescription_id).state != PrescriptionState.OFFERED:
@@ -322,6 +543,8 @@ class DoctorService:
                     LOG.info("%d offer(s) expired", len(expired))
                 if failed := await self.settle_unfinished_creates():
                     LOG.info("%d unfinished issuance(s) settled from the chain", len(failed))
+                if tokens := await self.settle_pending_tokens():
+                    LOG.info("%d pending token create(s) settled from the journal", len(tokens))
             except Exception:  # e.g. the chain is restarting: try again next round
                 LOG.exception("expiring stale offers failed")
             await asyncio.sleep(interval)
@@ -351,6 +574,11 @@ class DoctorService:
                 label = "expired"
         return PrescriptionView(**record.model_dump(), remaining_redemptions=status.remaining if status.exists
                                 else None, token_cancelled=status.cancelled if status.exists else None, status=label)
+
+
+def _undecided(outcome: TxResult | BaseException) -> bool:
+    """A create whose outcome is not known yet: sent (or maybe sent) without a receipt so far."""
+    return isinstance(outcome, ReceiptTimeout) or (isinstance(outcome, ChainUnavailable) and outcome.maybe_delivered)
 
 
 def _validity_window(order: PrescriptionOrder) -> tuple[int, int]:
