@@ -363,7 +363,7 @@ class PrescriptionTokenClient:
         return await self._send_call("cancel", to_checksum_address(token))
 
     async def spend(self, prescription_private_key: str, *, attempts: int = 3,
-                    journal: Journal | None = None) -> TxResult:
+                    journal: Journal | None = None, expected_remaining: int | None = None) -> TxResult:
         """Redeems one use of the token controlled by the one-time key, as this (pharmacy) account.
 
         Reads the remaining count, signs the authorisation for it and sends. If a concurrent spend
@@ -372,11 +372,17 @@ class PrescriptionTokenClient:
         `journal(tx_hash, raw_tx)` is awaited with the signed transaction before it is sent, so a
         caller that records it durably can finish the spend after a crash with `resume()` instead of
         spending twice or losing it.
+
+        `expected_remaining`: the count the caller has just read (a pharmacy, at verification); the
+        first attempt signs for it without reading the chain again. Stale, it costs one estimate.
         """
         token = Account.from_key(prescription_private_key).address
         attempt = 1
         while True:
-            remaining = (await self.status(token)).remaining
+            if expected_remaining is not None and attempt == 1:
+                remaining = expected_remaining
+            else:
+                remaining = (await self.status(token)).remaining
             signature = sign_spend(
                 prescription_private_key,
                 chain_id=self.config.chain_id,

@@ -153,6 +153,19 @@ async def test_spends_that_meet_in_one_block_fail_with_typed_errors(deployment: 
     assert len(losers) == 2 and all(isinstance(e, errors.AlreadySpent) and e.tx_hash for e in losers), results
 
 
+async def test_a_spend_signs_for_the_count_the_pharmacy_read_and_re_reads_only_when_it_is_stale(
+        deployment: Deployment) -> None:
+    key = await issue(deployment.doctors[0], redemptions=3)
+    pharmacy = deployment.pharmacies[0]
+    await pharmacy.spend(key.private_key, expected_remaining=3)  # the count read at verification
+    assert (await pharmacy.status(key.address)).remaining == 2
+    await pharmacy.spend(key.private_key, expected_remaining=3)  # stale: refused by the estimate, re-read
+    assert (await pharmacy.status(key.address)).remaining == 1
+    await pharmacy.spend(key.private_key, expected_remaining=1)
+    with pytest.raises(errors.AlreadySpent):
+        await pharmacy.spend(key.private_key, expected_remaining=1)
+
+
 async def test_concurrent_spends_of_a_multi_use_token_re_sign_on_stale_count(deployment: Deployment) -> None:
     key = await issue(deployment.doctors[0], redemptions=3)
     results = await asyncio.gather(

@@ -38,7 +38,7 @@ class SlowChain:
         await journal(TX, RAW)
         raise ReceiptTimeout(TX, 30.0, RAW)
 
-    async def spend(self, _key, *, journal=None):
+    async def spend(self, _key, *, journal=None, expected_remaining=None):
         await journal(TX, RAW)
         raise ReceiptTimeout(TX, 30.0, RAW)
 

@@ -301,7 +301,10 @@ class PharmacyService:
             self._save(check)
 
         try:
-            result = await self.ctx.chain.spend(secret_key, journal=journal)
+            # the count read at verification: no second status read on the dispense path (a stale one is
+            # refused by the contract's estimate and re-read)
+            result = await self.ctx.chain.spend(secret_key, journal=journal,
+                                                expected_remaining=check.remaining_redemptions)
         except ChainError as exc:
             await self._spend_failed(check, exc)
             return
