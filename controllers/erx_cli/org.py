@@ -117,7 +117,16 @@ class Organisation:
         self._settings = settings
         network.save(self.network_file)
         self.genesis_file.write_text(network.indy.genesis_text())
+        self._make_secrets()
         return self.write_join_request()
+
+    def _make_secrets(self) -> None:
+        """Every secret this organisation will use, made now so the home is complete after `init`."""
+        s, secrets = self.settings, self.secrets
+        for make in (secrets.wallet_key, secrets.admin_api_key, secrets.webhook_key, secrets.controller_api_key,
+                     secrets.session_key):
+            make(s.name)
+        secrets.page_password(s.name, s.role)
 
     def update_network(self, network: NetworkDescriptor) -> None:
         """The authority published a new descriptor (e.g. after a dev network reset): join that one."""

@@ -77,8 +77,12 @@ def test_an_organisation_home_holds_its_own_keys_and_a_public_join_request(tmp_p
         assert value not in published, "a secret went into the join request"
     assert stat.S_IMODE((org.home / "secrets.json").stat().st_mode) == 0o600
     assert org.genesis_file.read_text() == '{"txn": "genesis"}\n'
-    # every secret in the home is this organisation's own
-    assert all(name.endswith(":clinic") for name in json.loads((org.home / "secrets.json").read_text()))
+    # every secret in the home is this organisation's own, and all of them are made at init
+    names = set(json.loads((org.home / "secrets.json").read_text()))
+    assert all(name.endswith(":clinic") for name in names)
+    assert {"seed:clinic", "wallet-key:clinic", "admin-api-key:clinic", "webhook-key:clinic",
+            "controller-api-key:clinic", "staff-password:clinic", "session-key:clinic",
+            "chain-keystore-password:clinic"} <= names
 
 
 def test_a_patient_wallet_has_no_join_request(tmp_path):
