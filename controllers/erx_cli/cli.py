@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ValidationError as exc:
-        print(f"erx: bad configuration (ERX_* environment variables):\n{exc}", file=sys.stderr)
+        print(f"erx: bad configuration (ERX_* environment variables or arguments):\n{exc}", file=sys.stderr)
     except (SetupError, PortInUse) as exc:
         print(f"erx: {exc}", file=sys.stderr)
     except KeyboardInterrupt:

@@ -141,3 +141,34 @@ def test_the_pharmacys_override_wins_over_the_national_register(override, regist
 
 def test_the_issuer_is_the_did_that_wrote_the_credential_definition():
     assert issuer_did(f"{DID}:3:CL:12:prescription") == DID
+
+
+def test_erx_org_init_makes_a_home_from_the_command_line(tmp_path, capsys):
+    from erx_cli.cli import main
+
+    descriptor(tmp_path).save(tmp_path / "descriptor.json")
+    home = tmp_path / "pharmacy"
+    assert main(["org", "init", "pharmacy", "city-pharmacy", "--home", str(home), "--network",
+                 str(tmp_path / "descriptor.json"), "--label", "City Pharmacy",
+                 "--public-url", "https://pharmacy.example"]) == 0
+    assert "hand" in capsys.readouterr().out
+    request = JoinRequest.load(home / "join-request.json")
+    assert (request.role, request.name, request.label) == ("pharmacy", "city-pharmacy", "City Pharmacy")
+    assert Organisation(home).settings.controller_url == "https://pharmacy.example"
+    # a bad name is refused with a message, not a stack trace
+    assert main(["org", "init", "doctor", "../evil", "--home", str(tmp_path / "evil"), "--network",
+                 str(tmp_path / "descriptor.json")]) == 2
+    assert "bad configuration" in capsys.readouterr().err
+
+
+def test_erx_authority_init_writes_a_public_join_request(tmp_path, capsys):
+    from erx_cli.cli import main
+
+    descriptor(tmp_path, complete=False).save(tmp_path / "network.json")
+    home = tmp_path / "authority"
+    assert main(["authority", "init", "--home", str(home), "--network", str(tmp_path / "network.json")]) == 0
+    request = json.loads((home / "join-request.json").read_text())
+    assert set(request) == {"name", "did", "verkey", "chain_address"}
+    secrets = set(json.loads((home / "secrets.json").read_text()).values())
+    assert not secrets & set(request.values())
+    assert "admit-authority" in capsys.readouterr().out
