@@ -296,6 +296,12 @@ async def test_declined_offer_ends_declined_at_the_doctor(scenario: Scenario, de
     assert offer.state == "declined" and offer.answer and offer.answer.action == "declined", offer
     assert offer.cred_def_id == scenario.cred_def_id and offer.credential_id is None
     print(f"doctor's record of the declined offer: error={prescription['error']!r}")
+    # the token may still have been on its way into a block when the wallet declined: it is cancelled
+    # once mined (the issuance pipeline does not hold the offer for the token's block)
+    deadline = asyncio.get_running_loop().time() + WAIT_S
+    while prescription["token_cancelled"] is not True and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.5)
+        prescription = await scenario.client(DOCTOR).get(f"/api/prescriptions/{prescription['prescription_id']}")
     assert prescription["token_cancelled"] is True, "a declined prescription's token is cancelled"
 
 
