@@ -208,8 +208,10 @@ class DevNetwork:
         return self.launcher.stop_all(self.process_names())
 
     # -- status ---------------------------------------------------------------------------
-    async def status(self) -> dict[str, PoolStatus | ChainStatus | TailsStatus]:
-        pool, chain, tails = await asyncio.gather(self._pool_status(), self._chain_status(), self._tails_status())
+    async def status(self, contract_address: str | None = None) -> dict[str, PoolStatus | ChainStatus | TailsStatus]:
+        """`contract_address`: the token contract the authority deployed, named in the chain's status."""
+        pool, chain, tails = await asyncio.gather(self._pool_status(), self._chain_status(contract_address),
+                                                  self._tails_status())
         return {"indy-pool": pool, "chain": chain, "tails": tails}
 
     async def _pool_status(self) -> PoolStatus:
@@ -245,7 +247,7 @@ class DevNetwork:
             async with http.get(f"{self.rpc_url}/health") as resp:
                 return await resp.json()
 
-    async def _chain_status(self) -> ChainStatus:
+    async def _chain_status(self, contract_address: str | None = None) -> ChainStatus:
         base = dict(rpc_url=self.rpc_url, chain_id=self.settings.chain.chain_id)
         try:
             block = await self._chain_block_number()
@@ -257,7 +259,7 @@ class DevNetwork:
                 why = "the journaling proxy is not answering"
             return ChainStatus(healthy=False, detail=f"EVM node not answering ({why}): "
                                f"{exc or type(exc).__name__}", **base)
-        detail = f"block {block}"
+        detail = f"block {block}" + (f", token contract {contract_address}" if contract_address else "")
         try:
             proxy = await self._chain_proxy_health()
             detail += f", {proxy['journaled']} transactions journaled"
@@ -265,7 +267,8 @@ class DevNetwork:
                 detail += f", last reconciliation re-sent {last[-1]['resent']}"
         except Exception:
             pass
-        return ChainStatus(healthy=True, block_number=block, detail=detail, **base)
+        return ChainStatus(healthy=True, block_number=block, contract_address=contract_address, detail=detail,
+                           **base)
 
     async def _tails_status(self) -> TailsStatus:
         try:

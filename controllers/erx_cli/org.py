@@ -23,6 +23,7 @@ import sys
 from enum import StrEnum
 from pathlib import Path
 
+import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from erx_agents.acapy import AgentLaunch, WalletStorage
@@ -287,7 +288,7 @@ class Organisation:
         user, password = self._db_user()
         await asyncio.to_thread(cluster.ensure_role, user, password.get_secret_value(), createdb=True)
         await asyncio.to_thread(cluster.ensure_database, f"{user}_records", user)
-        self.progress(f"{self.name}: PostgreSQL serving at {s_host_port(self.settings)}")
+        self.progress(f"{self.name}: PostgreSQL serving at {self.settings.host}:{self.settings.postgres_port}")
 
     async def _start_agent(self) -> None:
         spec = self.agent_spec()
@@ -339,7 +340,6 @@ class Organisation:
     async def _controller_status(self) -> ControllerStatus:
         url = self.settings.controller_url
         try:
-            import aiohttp
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
                 async with http.get(f"{self._local_controller_url}/health") as resp:
                     ok = resp.status == 200
@@ -355,6 +355,3 @@ class Organisation:
                 f"{record_id}: {why}" for record_id, why in list(attention.items())[:5])
         return ControllerStatus(healthy=True, url=url, detail=detail, needs_attention=attention)
 
-
-def s_host_port(settings: OrgSettings) -> str:
-    return f"{settings.host}:{settings.postgres_port}"

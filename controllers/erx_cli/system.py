@@ -118,14 +118,10 @@ class LocalSystem:
 
     # -- status -------------------------------------------------------------------------------
     async def status(self) -> NetworkStatus:
-        network, *orgs = await asyncio.gather(self.network.status(), *(
+        contract = (self.authority.descriptor().chain.token_contract
+                    if self.authority.descriptor_file.exists() else None)
+        network, *orgs = await asyncio.gather(self.network.status(contract), *(
             org.status() for org in self.orgs() if org.initialised))
-        chain = network["chain"]
-        if chain.healthy and self.authority.descriptor_file.exists():
-            contract = self.authority.descriptor().chain.token_contract
-            chain.contract_address = contract
-            chain.detail = chain.detail.replace(f"block {chain.block_number}",
-                                                f"block {chain.block_number}, token contract {contract}", 1)
         components = dict(network)
         for org_status in orgs:
             components.update(org_status)

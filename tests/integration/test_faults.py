@@ -292,6 +292,26 @@ async def assert_invariants(network: Network, f: Faults, problems: list[str] = (
 
 
 # -- 1. one validator down -------------------------------------------------------------------------------
+async def check_revoked_after_up(network: Network, faults: Faults, revoked: dict, credential: str,
+                                 problems: list[str], *, token_cancelled: bool = False) -> None:
+    """A revocation that went through once the pool was back: the record says revoked (and, if asked,
+    its token is cancelled), the ledger's registry lists it, and a pharmacy refuses it as revoked (not
+    merely cancelled). Findings go to `problems`."""
+    faults.note(f"revoke after up: {revoked['state']} ({revoked['status']})")
+    if revoked["state"] != "revoked" or (token_cancelled and revoked["token_cancelled"] is not True):
+        problems.append(f"revoke after up: {revoked['state']}, token_cancelled {revoked['token_cancelled']}")
+    on_ledger = await revoked_on_ledger(network, revoked["rev_reg_id"])
+    faults.note(f"cred_rev_id {revoked['cred_rev_id']} revoked on the ledger: "
+                f"{int(revoked['cred_rev_id']) in on_ledger} (ledger's revoked ids: {sorted(on_ledger)})")
+    if int(revoked["cred_rev_id"]) not in on_ledger:
+        problems.append(f"the record says {revoked['state']} but the ledger's registry {revoked['rev_reg_id']} does "
+                        f"not list cred_rev_id {revoked['cred_rev_id']} as revoked (revoked there: {sorted(on_ledger)})")
+    check = await faults.present(PHARMACY_B, PATIENT, credential)
+    faults.note(f"its presentation after up: {check['state']} {check.get('refusal')}")
+    if check["state"] != "refused" or check["refusal"]["reason"] != "revoked":
+        problems.append(f"its presentation after up: {check['state']} {check.get('refusal')}, expected refused/revoked")
+
+
 async def test_one_validator_down_the_flow_still_works(network: Network, faults: Faults):
     (victim,), primary = await non_primary_validators(network, 1)
     faults.note(f"primary {primary}; killing {victim}")
@@ -383,20 +403,7 @@ async def test_two_validators_down_revoke_is_a_bounded_503_then_completes(networ
     assert await pool_participating(network) == 4
 
     revoked = await faults.revoke(DOCTOR, pid)
-    faults.note(f"revoke after up: {revoked['state']} ({revoked['status']})")
-    if revoked["state"] != "revoked" or revoked["token_cancelled"] is not True:
-        problems.append(f"revoke after up: {revoked['state']}, token_cancelled {revoked['token_cancelled']}")
-    # revoked means published on the ledger: the pharmacy then refuses it as revoked (not merely cancelled)
-    on_ledger = await revoked_on_ledger(network, revoked["rev_reg_id"])
-    faults.note(f"cred_rev_id {revoked['cred_rev_id']} revoked on the ledger: {int(revoked['cred_rev_id']) in on_ledger}"
-                f" (ledger's revoked ids: {sorted(on_ledger)})")
-    if int(revoked["cred_rev_id"]) not in on_ledger:
-        problems.append(f"the record says revoked but the ledger's registry {revoked['rev_reg_id']} does not list "
-                        f"cred_rev_id {revoked['cred_rev_id']} as revoked (revoked there: {sorted(on_ledger)})")
-    check = await faults.present(PHARMACY_B, PATIENT, credential)
-    faults.note(f"its presentation after up: {check['state']} {check.get('refusal')}")
-    if check["state"] != "refused" or check["refusal"]["reason"] != "revoked":
-        problems.append(f"its presentation after up: {check['state']} {check.get('refusal')}, expected refused/revoked")
+    await check_revoked_after_up(network, faults, revoked, credential, problems, token_cancelled=True)
 
     # a prescription issued without quorum settles once the pool is back
     for p in await faults.client(DOCTOR).every_page("/api/prescriptions"):
@@ -440,19 +447,7 @@ async def test_revocation_submitted_without_quorum_is_not_lost_when_the_pool_res
             await asyncio.sleep(float(exc.headers.get("Retry-After") or 1))
             return None
     revoked = await until("revoke after up", revoke, 90)
-    faults.note(f"revoke after up: {revoked['state']} ({revoked['status']})")
-    if revoked["state"] != "revoked":
-        problems.append(f"revoke after up: {revoked['state']}")
-    on_ledger = await revoked_on_ledger(network, revoked["rev_reg_id"])
-    faults.note(f"cred_rev_id {revoked['cred_rev_id']} revoked on the ledger: "
-                f"{int(revoked['cred_rev_id']) in on_ledger} (ledger's revoked ids: {sorted(on_ledger)})")
-    if int(revoked["cred_rev_id"]) not in on_ledger:
-        problems.append(f"the record says {revoked['state']} but the ledger's registry does not list cred_rev_id "
-                        f"{revoked['cred_rev_id']} as revoked (revoked there: {sorted(on_ledger)})")
-    check = await faults.present(PHARMACY_B, PATIENT, credential)
-    faults.note(f"its presentation after up: {check['state']} {check.get('refusal')}")
-    if check["state"] != "refused" or check["refusal"]["reason"] != "revoked":
-        problems.append(f"its presentation after up: {check['state']} {check.get('refusal')}, expected refused/revoked")
+    await check_revoked_after_up(network, faults, revoked, credential, problems)
     await assert_invariants(network, faults, problems)
 
 
