@@ -17,9 +17,10 @@ from enum import StrEnum
 from typing import Any
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from erx_core.ids import InvalidId, checked, segment
+from erx_schemas.signed import SignatureInvalid, SignedDocument, full_verkey
 
 
 class AdminApiError(RuntimeError):
@@ -40,6 +41,7 @@ class Topic(StrEnum):
     ISSUE_CREDENTIAL = "issue_credential_v2_0"
     PRESENT_PROOF = "present_proof_v2_0"
     REVOCATION_NOTIFICATION = "revocation-notification"
+    BASIC_MESSAGES = "basicmessages"
 
 
 class CredExState(StrEnum):
@@ -444,3 +446,40 @@ class AcaPyAdmin:
         else:
             body["notify"] = False
         return await self._post("/anoncreds/revocation/revoke", body)
+
+    # -- documents signed with the public DID's key (erx_schemas.signed) -------------------
+    async def sign_jws(self, did: str, payload: dict, *, typ: str | None = None) -> str:
+        """`payload` signed by the agent with `did`'s key, as a compact JWS (EdDSA). ACA-Py's
+        `/wallet/jwt/sign` names the key `did:sov:<did>#key-1`, resolves it to the verkey the ledger
+        holds for the DID and signs with the wallet's key for it: the key never leaves the wallet. The
+        answer is checked to be a JWS of that kid (erx_schemas.signed), nothing else is returned."""
+        body: dict[str, Any] = {"did": self._id("did", did), "payload": payload}
+        if typ is not None:
+            body["headers"] = {"typ": typ}
+        jws = await self._post("/wallet/jwt/sign", body)
+        try:
+            document = SignedDocument.parse(jws)
+        except SignatureInvalid as exc:
+            raise AdminApiError("POST", "/wallet/jwt/sign", 502, f"the agent's answer is no JWS: {exc}") from None
+        if document.signer_did != did or document.typ != (typ or "JWT"):
+            raise AdminApiError("POST", "/wallet/jwt/sign", 502,
+                                f"the agent signed as {document.kid} (typ {document.typ}), not as {did}")
+        return jws
+
+    async def did_verkey(self, did: str) -> str:
+        """The (full, base58) verkey the Indy ledger holds for `did` (a NYM read by the agent). A DID not
+        on the ledger is an AdminApiError with status 404."""
+        found = LedgerVerkey.model_validate(await self._get("/ledger/did-verkey", did=self._id("did", did)))
+        return full_verkey(did, found.verkey)
+
+    # -- basic messages (e.g. a dispense receipt to the patient's wallet) ---------------------
+    async def send_message(self, connection_id: str, content: str) -> None:
+        """A DIDComm basic message over an active connection (`basicmessages` webhook on the other side)."""
+        await self._post(self._path("/connections/{id}/send-message", id=("record", connection_id)),
+                         {"content": content})
+
+
+class LedgerVerkey(_Record):
+    """`GET /ledger/did-verkey`: the NYM's verkey (base58; `~abbreviated` if so written)."""
+
+    verkey: str = Field(pattern=r"^~?[1-9A-HJ-NP-Za-km-z]{21,44}$")

@@ -12,7 +12,9 @@ from pathlib import Path
 from erx_core.progress import Progress
 
 # package -> the program the tests run from it (Playwright drives /usr/bin/chromium, never its own download)
-BROWSER_TEST_PACKAGES = {"chromium": Path("/usr/bin/chromium"), "zbar-tools": Path("/usr/bin/zbarimg")}
+BROWSER_TEST_PACKAGES = {"chromium": Path("/usr/bin/chromium"), "zbar-tools": Path("/usr/bin/zbarimg"),
+                         # the paper prescription's names in any script (erx_core.documents; else Latin-1 only)
+                         "fonts-dejavu-core": Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")}
 # Debian keeps each server version's programs apart: a `*` in a program's path matches any version
 POSTGRES_PACKAGES = {"postgresql": Path("/usr/lib/postgresql/*/bin/postgres")}
 
