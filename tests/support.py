@@ -68,3 +68,30 @@ async def chain_haystack(rpc) -> bytes:
     return b"".join([dump, json.dumps(txs).encode(), json.dumps(logs).encode()]
                     + [bytes.fromhex(tx["input"][2:]) for tx in txs]
                     + [bytes.fromhex(log["data"][2:]) for log in logs]).lower()
+
+
+class LocalSigner:
+    """Signs as an agent's `sign_jws` does (EdDSA, kid did:sov:<did>#key-1), with a key of its own: for
+    unit tests whose fake agent must sign pickup codes or receipts (tests/unit/test_signed_documents.py
+    checks the format against ACA-Py itself)."""
+
+    def __init__(self) -> None:
+        import nacl.signing
+
+        self.key = nacl.signing.SigningKey.generate()
+
+    @property
+    def verkey(self) -> str:
+        import base58
+
+        return base58.b58encode(bytes(self.key.verify_key)).decode()
+
+    async def sign_jws(self, did: str, payload: dict, *, typ: str | None = None) -> str:
+        import json
+
+        from erx_schemas.signed import b64url_encode, did_url
+
+        header = {"alg": "EdDSA", "kid": did_url(did), **({"typ": typ} if typ else {})}
+        signing_input = ".".join(b64url_encode(json.dumps(part, separators=(",", ":")).encode())
+                                 for part in (header, payload))
+        return f"{signing_input}.{b64url_encode(self.key.sign(signing_input.encode()).signature)}"

@@ -1,6 +1,6 @@
 """`erx`: the project's front door.
 
-The whole system on this machine: up, status, down, reset, demo, test, bench, integrator. Its parts
+The whole system on this machine: up, status, down, reset, demo, test, bench, integrator, staff. Its parts
 one by one, as separate deployments would run them: `erx network …` (the dev network), `erx authority …`
 (the health authority: publish, onboard, offboard), `erx org …` (one organisation from its own home).
 
@@ -38,7 +38,7 @@ def _network(progress: Progress | None = None) -> LocalSystem:
 def cmd_up(args) -> int:
     net = _network()
     asyncio.run(net.up())
-    print("pages (sign in with the password of that name):", *net.page_lines(), sep="\n")
+    print("pages (sign in as a staff member; each password is the secret of that name):", *net.page_lines(), sep="\n")
     print(f"state: {net.paths.home}   status: ./erx status   stop: ./erx down")
     return 0
 
@@ -167,6 +167,60 @@ def cmd_integrator(args) -> int:
     return 1
 
 
+def cmd_staff(args) -> int:
+    """Manage an organisation's staff accounts through its controller's REST API (operator token)."""
+    from erx_roles.client import ControllerApiError, ControllerClient
+
+    net = _network()
+    organisations = [a.name for a in net.settings.agents if a.role != "patient"]
+    if args.organisation not in organisations:
+        print(f"erx: {args.organisation!r} is not an organisation; one of {organisations}", file=sys.stderr)
+        return 2
+    from erx_core.staff import is_username
+    if args.action != "list" and not is_username(args.username):
+        print(f"erx: staff {args.action} needs a username (lower case letters, digits, . _ -; 2-30, a letter "
+              "first)", file=sys.stderr)
+        return 2
+    if args.action == "add" and not (args.role and args.name):
+        print("erx: staff add needs --role and --name (and --id for a prescriber)", file=sys.stderr)
+        return 2
+    user = f"/api/staff/{args.username}"
+
+    async def run() -> int:
+        async with ControllerClient(net.controller_url(args.organisation),
+                                    net.operator_token(args.organisation)) as client:
+            if args.action == "add":
+                body = {"username": args.username, "display_name": args.name, "role": args.role}
+                if args.id:
+                    body["professional_id"] = args.id
+                created = await client.post("/api/staff", body)
+                print(f"{created['username']} ({created['role']}): {created['display_name']}\n"
+                      f"password (shown once): {created['password']}\nsign in at {net.page_url(args.organisation)}")
+            elif args.action in ("disable", "enable"):
+                member = await client.post(f"{user}/{args.action}")
+                print(f"{member['username']}: {'disabled' if member['disabled'] else 'enabled'}")
+            elif args.action == "password":
+                print(f"new password of {args.username} (shown once; their sessions ended): "
+                      f"{(await client.post(f'{user}/password'))['password']}")
+            elif args.action == "token":
+                print(f"API token of {args.username} (shown once; the previous one stopped working): "
+                      f"{(await client.post(f'{user}/token'))['token']}")
+            else:
+                for m in await client.every_page("/api/staff"):
+                    print(f"{m['username']:<20} {m['role']:<11} {'disabled' if m['disabled'] else 'active  '} "
+                          f"{m['display_name']}" + (f"  [{m['professional_id']}]" if m.get("professional_id") else ""))
+        return 0
+
+    try:
+        return asyncio.run(run())
+    except ControllerApiError as exc:
+        print(f"erx: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"erx: the {args.organisation} controller does not answer ({exc}); is the network up?",
+              file=sys.stderr)
+    return 1
+
+
 def _print_components(components: dict) -> None:
     for name, comp in components.items():
         print(f"{'ok ' if comp.healthy else 'DOWN'}  {name:<16} {comp.detail}")
@@ -253,6 +307,9 @@ def cmd_org(args) -> int:
         request = org.init(settings, NetworkDescriptor.load(Path(args.network)))
         print(f"{args.name} ({args.role}) in {home}"
               + (f"; hand {org.join_request_file} to the health authority" if request else ""))
+        for account in org.dev_staff():  # created by the controller at its first start
+            print(f"staff account {account.username} ({account.role}): password "
+                  f"\"{org.secrets.staff_password_name(args.name, account.username)}\" in {org.secrets.path}")
     elif args.action == "up":
         asyncio.run(org.up())
     elif args.action == "down":
@@ -296,6 +353,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scope", action="append", choices=["trust-list"],
                    help="add: an extra power for the token (trust-list: change the pharmacy's trusted prescribers)")
     p.set_defaults(func=cmd_integrator)
+    p = sub.add_parser("staff", help="an organisation's staff accounts: add, list, disable, enable, password, token")
+    p.add_argument("action", choices=["add", "list", "disable", "enable", "password", "token"])
+    p.add_argument("organisation", help="doctor, pharmacy, …")
+    p.add_argument("username", nargs="?", default="", help="the account (lower case letters, digits, . _ -)")
+    p.add_argument("--role", choices=["prescriber", "assistant", "pharmacist", "operator"], help="add: the role")
+    p.add_argument("--name", help="add: the person's name, as prescriptions name a prescriber")
+    p.add_argument("--id", help="add: a prescriber's professional identifier (e.g. the national physician number)")
+    p.set_defaults(func=cmd_staff)
     p = sub.add_parser("network", help="the dev network alone (pool, chain, tails): up writes its descriptor")
     p.add_argument("action", choices=["up", "down", "status", "admit-authority"])
     p.add_argument("join_request", nargs="?", help="admit-authority: the authority's join-request.json")

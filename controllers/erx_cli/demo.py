@@ -1,7 +1,9 @@
 """`erx demo`: bring the network up if needed, then run the prescription flow end to end.
 
 onboarding → connect → issue (2 redemptions) → redeem at pharmacy A → redeem at pharmacy B →
-third attempt refused (already redeemed) → issue another → revoke it → presentation refused (revoked).
+third attempt refused (already redeemed) → issue another → revoke it → presentation refused (revoked) →
+a therapy in 3 parts: part 1 redeemed, part 3 refused (not valid yet) → a paper prescription printed
+(PDF), its QR code read back and redeemed, the second attempt refused (already redeemed).
 
 Everything goes through the controllers' APIs, as a practice system, a pharmacy system and a
 wallet would. Exit code 0 only if every step ended as the scenario expects.
@@ -13,6 +15,7 @@ import json
 import sys
 
 from erx_cli.system import LocalSystem
+from erx_core.documents import codes_in_upload
 from erx_core.progress import Progress
 from erx_core.settings import Settings
 
@@ -27,6 +30,12 @@ EXPECTED = [
     ("issue another prescription", "ok", None),
     ("revoke it", "ok", None),
     ("present the revoked prescription", "refused", "revoked"),
+    ("issue a therapy in 3 parts (every 28 days)", "ok", None),
+    ("redeem part 1 at pharmacy B", "ok", None),
+    ("present part 3 (not valid yet)", "refused", "not_yet_valid"),
+    ("print a paper prescription", "ok", None),
+    ("redeem the paper at pharmacy A", "ok", None),
+    ("present the paper again at pharmacy B", "refused", "already_redeemed"),
 ]
 
 
@@ -83,6 +92,36 @@ async def run_flow(network: LocalSystem, log=print) -> list:
         step, _ = await timed("present the revoked prescription", s.redeem(pharmacy_a, patient, second_cred),
                               check_outcome)
         record(step)
+
+        def therapy_issued(t):
+            states = [p["state"] for p in t["parts"]]
+            return ("ok" if states == ["issued"] * 3 else ",".join(states), None, None,
+                    "; ".join(f"part {p['part']}: {p['status']}" for p in t["parts"]))
+
+        step, therapy = await timed("issue a therapy in 3 parts (every 28 days)", s.issue_therapy(
+            doctor, connection_id, sample_order(medication={"name": "Metformin", "code": "A10BA02", "code_system": "ATC",
+                                                            "strength": "500 mg", "form": "tablet"}),
+            parts=3, interval_days=28), therapy_issued)
+        record(step)
+        parts = [await s.credential_for(patient, p["prescription_id"]) for p in therapy["parts"]]
+        step, _ = await timed("redeem part 1 at pharmacy B", s.redeem(pharmacy_b, patient, parts[0]), check_outcome)
+        record(step)
+        step, _ = await timed("present part 3 (not valid yet)", s.redeem(pharmacy_a, patient, parts[2]), check_outcome)
+        record(step)
+
+        paper_file = network.settings.home / "demo" / "paper-prescription.pdf"
+        step, (_, pdf) = await timed("print a paper prescription", s.print_paper(doctor, sample_order(
+            patient_name="Max Mustermann", patient_birth_date="1950-02-03")),
+            lambda printed: ("ok", None, None, f"{len(printed[1]) // 1024} KiB PDF at {paper_file}"))
+        record(step)
+        paper_file.parent.mkdir(parents=True, exist_ok=True)
+        paper_file.write_bytes(pdf)  # holds the token key, like the printed page: only in the demo's own home
+        paper_file.chmod(0o600)
+        (code,) = codes_in_upload(pdf, "application/pdf")  # as the pharmacy's scanner reads the page
+        for name, pharmacy in [("redeem the paper at pharmacy A", pharmacy_a),
+                               ("present the paper again at pharmacy B", pharmacy_b)]:
+            step, _ = await timed(name, s.redeem_pickup_code(pharmacy, code), check_outcome)
+            record(step)
     finally:
         await s.close()
     return steps

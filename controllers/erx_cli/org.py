@@ -5,8 +5,9 @@ keys and settings:
 
     org.json            its settings (role, ports, public endpoint, storage)
     network.json        the network descriptor it joined (public), genesis.txn its pool's genesis
-    secrets.json        its secrets, mode 0600: DID seed, wallet key, admin/API/webhook keys, staff password,
-                        session key, chain keystore password, database password
+    secrets.json        its secrets, mode 0600: DID seed, wallet key, admin/API/webhook keys, the dev-default
+                        staff accounts' first passwords (or the wallet's password), session key, chain
+                        keystore password, database password
     chain-key.json      its chain account, an encrypted keystore (practices and pharmacies)
     join-request.json   what it hands the health authority: role, name, public DID, verkey, chain address
     agent/ controller.db postgres/ logs/ run/
@@ -38,6 +39,7 @@ from erx_core.processes import ProcessSpec
 from erx_core.progress import SILENT, Progress
 from erx_core.secrets import SecretStore
 from erx_core.settings import CheckSettings, OfferSettings, Role
+from erx_core.staff import StaffCreate, StaffSeed, dev_accounts
 from erx_core.webhooks import WebhookSettings
 from erx_indy.ledger import IndyLedger, did_from_seed
 
@@ -127,7 +129,19 @@ class Organisation:
         for make in (secrets.wallet_key, secrets.admin_api_key, secrets.webhook_key, secrets.controller_api_key,
                      secrets.session_key):
             make(s.name)
-        secrets.page_password(s.name, s.role)
+        if s.role == "patient":
+            secrets.page_password(s.name, s.role)
+        for account in self.dev_staff():
+            secrets.staff_password(s.name, account.username)
+
+    def dev_staff(self) -> list[StaffCreate]:
+        """The staff accounts the organisation starts with (its controller creates them at its first start):
+        an operator and a prescriber or pharmacist, each with a random password in `secrets.json`."""
+        return dev_accounts(self.settings.role, self.settings.name)
+
+    def staff_seeds(self) -> list[StaffSeed]:
+        return [StaffSeed(**account.model_dump(), password=self.secrets.staff_password(self.name, account.username))
+                for account in self.dev_staff()]
 
     def update_network(self, network: NetworkDescriptor) -> None:
         """The authority published a new descriptor (e.g. after a dev network reset): join that one."""
@@ -246,7 +260,8 @@ class Organisation:
             agent=AgentLink(admin_url=s.admin_url, admin_api_key=self.secrets.admin_api_key(s.name),
                             webhook_key=self.secrets.webhook_key(s.name)),
             operator_token=self.operator_token(),
-            page_password=self.secrets.page_password(s.name, s.role),
+            page_password=self.secrets.page_password(s.name, s.role) if s.role == "patient" else None,
+            staff=self.staff_seeds(),
             session_key=self.secrets.session_key(s.name),
             store=self.store_location(), chain=chain,
             genesis_file=self.genesis_file if s.role == "doctor" else None,

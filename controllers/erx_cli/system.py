@@ -29,6 +29,7 @@ from erx_core.acapy_admin import AcaPyAdmin
 from erx_core.processes import ProcessRecord, ProcessSpec, Supervisor
 from erx_core.progress import SILENT, Progress
 from erx_core.settings import AgentSettings, Settings
+from erx_core.staff import dev_person
 
 
 class LocalSystem:
@@ -150,16 +151,29 @@ class LocalSystem:
         return documents
 
     def page_lines(self) -> list[str]:
-        """What `erx up` prints: each page, and where its sign-in password is kept (never the password)."""
+        """What `erx up` prints: each page, who signs in to it, and where each password is kept (never the
+        password): the dev-default staff accounts of an organisation, the wallet's one password."""
         lines = []
         for a in self.settings.agents:
             org = self.org(a.name)
-            name = org.secrets.page_password_name(a.name, a.role)
-            lines.append(f"  {a.name:<16} {self.page_url(a.name):<28} password: \"{name}\" in {org.secrets.path}")
+            if a.role == "patient":
+                who = f"password \"{org.secrets.page_password_name(a.name)}\""
+            else:
+                who = ", ".join(f"{s.username} ({s.role}): \"{org.secrets.staff_password_name(a.name, s.username)}\""
+                                for s in org.dev_staff())
+            lines.append(f"  {a.name:<16} {self.page_url(a.name):<28} {who}  in {org.secrets.path}")
         return lines
 
     def operator_token(self, name: str):
         return self.org(name).operator_token()
+
+    def staff_member(self, name: str) -> str | None:
+        """The dev-default staff member the demo and the tests act as at organisation `name` (None: a wallet)."""
+        return dev_person(self.settings.agent(name).role)
+
+    def staff_password(self, name: str, username: str):
+        """A dev-default staff account's first password (for the browser tests)."""
+        return self.org(name).secrets.staff_password(name, username)
 
     def admin(self, name: str) -> AcaPyAdmin:
         return self.org(name).admin()

@@ -14,7 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from erx_contracts.config import ChainConfig
 from erx_core.settings import CheckSettings, OfferSettings, Role, revealed_json
+from erx_core.staff import StaffSeed
 from erx_core.webhooks import WebhookSettings
+from erx_schemas.prescription import PrescribingRules
 
 
 class AgentLink(BaseModel):
@@ -57,13 +59,16 @@ class ControllerConfig(BaseModel):
     public_url: str = Field(description="where people and wallets reach this controller (short links, QR codes)")
     agent: AgentLink
     operator_token: SecretStr
-    page_password: SecretStr
+    page_password: SecretStr | None = None  # the wallet's one page password; an organisation's staff sign in as themselves
     session_key: SecretStr
+    staff: list[StaffSeed] = Field(default=[], description="accounts created at start-up unless they exist "
+                                                           "(the dev-default ones; erx_core.staff)")
     store: StoreLocation
     chain: ChainAccess | None = None  # organisations only: the patient's wallet never touches the chain
     genesis_file: Path | None = None  # the doctor reads revocations straight from the Indy network
     prescription_schema_id: str | None = None
     auto_respond: bool = True  # wallet stand-in only
+    prescribing: PrescribingRules = PrescribingRules()  # a practice's default window and limits per kind
     checks: CheckSettings = CheckSettings()
     offers: OfferSettings = OfferSettings()
     webhooks: WebhookSettings = WebhookSettings()

@@ -81,13 +81,21 @@ class SecretStore:
         return self.get(f"controller-api-key:{agent}")
 
     @staticmethod
-    def page_password_name(agent: str, role: str) -> str:
-        """Where an agent's web page password is kept: staff of an organisation, or the wallet's holder."""
-        return f"{'wallet' if role == 'patient' else 'staff'}-password:{agent}"
+    def page_password_name(agent: str, role: str = "patient") -> str:
+        """Where the wallet's one page password is kept (an organisation's staff have their own)."""
+        return f"wallet-password:{agent}"
 
-    def page_password(self, agent: str, role: str) -> SecretStr:
-        """Sign-in password of an agent's web page."""
+    def page_password(self, agent: str, role: str = "patient") -> SecretStr:
+        """Sign-in password of the wallet's web page."""
         return self.get(self.page_password_name(agent, role), new_password)
+
+    @staticmethod
+    def staff_password_name(agent: str, username: str) -> str:
+        """Where a dev-default staff account's first password is kept (erx_core.staff.dev_accounts)."""
+        return f"staff-password:{username}:{agent}"
+
+    def staff_password(self, agent: str, username: str) -> SecretStr:
+        return self.get(self.staff_password_name(agent, username), new_password)
 
     def session_key(self, agent: str) -> SecretStr:
         """Encrypts the web page's session cookies."""

@@ -24,8 +24,11 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.json_schema import GenerateJsonSchema
 
 from erx_core import ids
+from erx_core.audit import AuditAction
+from erx_core.staff import USERNAME_RE, Action, StaffRole, is_username, may, needs_person
 from erx_core.store import InvalidCursor, Table
-from erx_roles.http import CALLER, ApiError, field_problems, parse_body
+from erx_roles.acting import AUDIT_LOG, audited, record, subject_of, who_called
+from erx_roles.http import CALLER, ON_BEHALF_OF, ApiError, field_problems, parse_body, refusal
 
 Handler = Callable[..., Awaitable[Any]]
 OPENAPI_PATH = "/api/openapi.json"
@@ -111,8 +114,11 @@ class Operation:
     query: type[BaseModel] | None = None
     errors: tuple[int, ...] = ()
     public: bool = False  # no API token needed
-    operator_only: bool = False  # the organisation's own operator token, not an integrator's
+    operator_only: bool = False  # the organisation's own tokens (operator's, a member's), never an integrator's
     scope: str | None = None  # an integrator needs this scope (erx_roles.integrators.Scope); the operator never
+    action: Action | None = None  # what the person acting does (erx_core.staff.may); None: anyone authenticated
+    audit: AuditAction | None = None  # recorded in the audit log as this (erx_roles.acting)
+    produces: tuple[str, ...] = ()  # a raw answer (the handler returns a web.StreamResponse) of these types
     description: str = ""
     path_params: list[str] = field(default_factory=list)
 
@@ -131,13 +137,15 @@ class Api:
     def operation(self, method: str, path: str, *, summary: str, tag: str = "", response: Any = None,
                   status: int = 200, body: type[BaseModel] | None = None, query: type[BaseModel] | None = None,
                   errors: tuple[int, ...] = (), public: bool = False, operator_only: bool = False,
-                  scope: str | None = None, description: str = "") -> Callable[[Handler], Handler]:
+                  scope: str | None = None, action: Action | None = None, audit: AuditAction | None = None,
+                  produces: tuple[str, ...] = (), description: str = "") -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.operations.append(Operation(
                 method=method.upper(), path=path, handler=handler, summary=summary, tag=tag or self.title,
-                response=response, status=204 if response is None else status, body=body, query=query,
-                errors=errors, public=public, operator_only=operator_only, scope=scope,
-                description=description or (handler.__doc__ or "").strip(), path_params=_PATH_PARAM.findall(path)))
+                response=response, status=204 if response is None and not produces else status, body=body,
+                query=query, errors=errors, public=public, operator_only=operator_only, scope=scope, action=action,
+                audit=audit, produces=produces, description=description or (handler.__doc__ or "").strip(),
+                path_params=_PATH_PARAM.findall(path)))
             return handler
         return register
 
@@ -166,16 +174,27 @@ class Api:
 
         async def endpoint(request: web.Request) -> web.StreamResponse:
             caller = request.get(CALLER)
-            if op.operator_only and (caller is None or not caller.is_operator):
-                raise ApiError(403, "only the organisation's operator token may do this")
-            if op.scope is not None and (caller is None or not caller.may(op.scope)):
-                raise ApiError(403, f"this token lacks the scope {op.scope!r}; the operator can grant it")
             kwargs: dict[str, Any] = {name: path_parameter(name, request.match_info[name]) for name in op.path_params}
+            if not op.public:
+                if caller is None:
+                    raise ApiError(401, "missing or wrong API token (Authorization: Bearer …)")
+                if reason := refusal(caller, op.action, operator_only=op.operator_only, scope=op.scope):
+                    if op.audit is not None:  # an attempt refused is on the record too
+                        record(request.app.get(AUDIT_LOG), who_called(caller), op.audit,
+                               subject_of(request.match_info), 403, reason)
+                    raise ApiError(403, reason)
             if op.query is not None:
                 kwargs["query"] = parse_query(request, op.query)
             if op.body is not None:
                 kwargs["body"] = await parse_body(request, op.body)
-            result = await op.handler(request, **kwargs)
+            if op.audit is None:
+                result = await op.handler(request, **kwargs)
+            else:
+                result = await audited(request.app.get(AUDIT_LOG), who_called(caller), op.audit,
+                                       subject_of(request.match_info, kwargs.get("body")),
+                                       lambda: op.handler(request, **kwargs), lambda _: op.status, subject_of)
+            if isinstance(result, web.StreamResponse):
+                return result
             if adapter is None:
                 return web.Response(status=204)
             return web.json_response(adapter.dump_python(result, mode="json"), status=op.status)
@@ -200,24 +219,29 @@ class Api:
                           for name in op.path_params]
             if op.query is not None:
                 parameters += _query_parameters(op.query)
+            if op.action is not None and not op.public:
+                parameters.append(ON_BEHALF_OF_PARAMETER)
             responses: dict[str, Any] = {}
-            if op.response is None:
+            if op.produces:
+                responses[str(op.status)] = {"description": STATUS_TEXT.get(op.status, "OK"), "content": {
+                    kind: {"schema": {"type": "string"}} for kind in op.produces}}
+            elif op.response is None:
                 responses["204"] = {"description": STATUS_TEXT[204]}
             else:
                 responses[str(op.status)] = {"description": STATUS_TEXT.get(op.status, "OK"), "content": {
                     "application/json": {"schema": by_key[((op.operation_id, "out"), "serialization")]}}}
             codes = set(op.errors) | ({422} if op.body or op.query or op.path_params else set()) \
                 | (set() if op.public else {401})
-            if op.operator_only or op.scope:
+            if op.operator_only or op.scope or op.action is not None:
                 codes.add(403)
             for code in sorted(codes):
                 responses[str(code)] = {"description": STATUS_TEXT.get(code, "Error"),
                                         "content": {"application/json": {"schema": error_ref}}}
             entry: dict[str, Any] = {"operationId": op.operation_id, "summary": op.summary, "tags": [op.tag],
                                      "parameters": parameters, "responses": responses}
-            if op.description or op.scope:
+            if op.description or op.scope or op.action:
                 entry["description"] = (op.description + (f"\n\nIntegrator tokens need the scope `{op.scope}`."
-                                                          if op.scope else "")).strip()
+                                                          if op.scope else "") + _who_may(op)).strip()
             if op.body is not None:
                 entry["requestBody"] = {"required": True, "content": {"application/json": {
                     "schema": by_key[((op.operation_id, "in"), "validation")]}}}
@@ -231,7 +255,9 @@ class Api:
             "paths": paths,
             "components": {"schemas": defs.get("$defs", {}),
                            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                                          "description": "an integrator's API token"}}},
+                                                          "description": "an integrator's API token, a staff "
+                                                                         "member's own token (erxs_…) or the "
+                                                                         "operator token"}}},
             "security": [{"bearer": []}],
         }
         if server_url:
@@ -243,9 +269,18 @@ class Api:
 # no request value reaches a store, a URL or the agent unchecked.
 PATH_ID_KINDS = {"check_id": "record", "prescription_id": "record", "invitation_id": "record",
                  "integrator_id": "record", "subscription_id": "record", "cred_def_id": "cred_def"}
+ON_BEHALF_OF_PARAMETER = {
+    "name": ON_BEHALF_OF, "in": "header", "required": False,
+    "description": "the username of the staff member this token acts for (their role must allow the "
+                   "operation); issuing, revoking and dispensing need one. Not with a member's own token.",
+    "schema": {"type": "string", "pattern": USERNAME_RE, "maxLength": 30}}
 
 
 def path_parameter(name: str, value: str) -> str:
+    if name == "username":
+        if not is_username(value):
+            raise ApiError(422, "invalid path parameter", fields=[{"field": name, "message": "not a username"}])
+        return value
     kind = PATH_ID_KINDS.get(name, "token")
     if not ids.is_valid(kind, value):
         raise ApiError(422, "invalid path parameter", fields=[{"field": name, "message": f"not a valid {kind} id"}])
@@ -253,8 +288,21 @@ def path_parameter(name: str, value: str) -> str:
 
 
 def _path_schema(name: str) -> dict[str, Any]:
+    if name == "username":
+        return {"type": "string", "pattern": USERNAME_RE, "maxLength": 30}
     kind = PATH_ID_KINDS.get(name, "token")
     return {"type": "string", "pattern": ids.PATTERNS[kind], "maxLength": ids.MAX_LENGTH[kind]}
+
+
+def _who_may(op: Operation) -> str:
+    if op.action is None:
+        return ""
+    roles = [role.value for role in StaffRole if may(role, op.action)]
+    text = f"\n\nStaff who may: {', '.join(roles)}."
+    if needs_person(op.action):
+        text += f" A person must act: a member's own token, or `{ON_BEHALF_OF}`."
+    return text
+
 
 
 class _ClosedObjects(GenerateJsonSchema):

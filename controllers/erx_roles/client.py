@@ -7,6 +7,8 @@ from typing import Any
 import aiohttp
 from pydantic import SecretStr
 
+ON_BEHALF_OF = "Erx-On-Behalf-Of"  # as erx_roles.http names it (this client imports nothing of the server)
+
 
 class ControllerApiError(RuntimeError):
     def __init__(self, method: str, path: str, status: int, body: Any):
@@ -15,10 +17,16 @@ class ControllerApiError(RuntimeError):
 
 
 class ControllerClient:
-    def __init__(self, base_url: str, api_key: SecretStr, timeout_s: float = 90.0):
+    """One token's client; with `on_behalf_of`, every request acts for that staff member (the header
+    `Erx-On-Behalf-Of`, docs/staff-and-audit.md)."""
+
+    def __init__(self, base_url: str, api_key: SecretStr, timeout_s: float = 90.0, on_behalf_of: str | None = None):
         self.base_url = base_url.rstrip("/")
-        self._session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {api_key.get_secret_value()}"},
-                                              timeout=aiohttp.ClientTimeout(total=timeout_s))
+        headers = {"Authorization": f"Bearer {api_key.get_secret_value()}"}
+        if on_behalf_of:
+            headers[ON_BEHALF_OF] = on_behalf_of
+        self.on_behalf_of = on_behalf_of
+        self._session = aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s))
 
     async def close(self) -> None:
         await self._session.close()

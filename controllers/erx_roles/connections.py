@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from erx_core.acapy_admin import ACTIVE_CONNECTION, AdminApiError, ConnectionRecord
 from erx_core.events import EventTimeout
+from erx_core.staff import Action
 from erx_core.store import Table
 from erx_roles.context import RoleContext
 from erx_roles.api import Api, WaitQuery
@@ -73,13 +74,13 @@ def connection_api(ctx: RoleContext, alias: str) -> Api:
     invitations = _invitations(ctx)
 
     @api.operation("POST", "/api/invitations", summary=f"An invitation for a {alias}'s wallet (QR code or link)",
-                   tag="connections", response=InvitationOut, status=201, errors=(502,))
+                   tag="connections", response=InvitationOut, status=201, errors=(502,), action=Action.CONNECT)
     async def create_connection_invitation(_: web.Request) -> InvitationOut:
         return await create_invitation(ctx, alias)
 
     @api.operation("GET", "/api/invitations/{invitation_id}/connection", tag="connections", query=WaitQuery,
                    summary="The wallet's connection through an invitation (long poll with ?wait=seconds)",
-                   response=ConnectionOut, errors=(404,))
+                   response=ConnectionOut, errors=(404,), action=Action.CONNECT)
     async def invitation_connection(_: web.Request, invitation_id: str, query: WaitQuery) -> ConnectionOut:
         known = invitations.get(invitation_id) is not None
         found = await connection_for(ctx, invitation_id, query.wait if known else 0)

@@ -21,14 +21,18 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+import datetime as dt
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Callable
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from erx_contracts.client import TokenStatus
-from erx_schemas.prescription import REVEALED_FOR_DISPENSING, Refusal, RefusalReason, RevealedPrescription
+from erx_schemas.paper import PickupCode
+from erx_schemas.prescription import (REVEALED_FOR_DISPENSING, Medication, Prescriber, PresentedPrescription, Refusal,
+                                      RefusalReason, RevealedPrescription, TherapyPart, TokenRef, text_problem)
 
 ATTRIBUTE_GROUP = "prescription"
 _INT32 = 2**31
@@ -150,6 +154,9 @@ def token_refusal(chain: ChainFacts) -> Refusal | None:
         return Refusal(reason=RefusalReason.CANCELLED)
     if status.remaining == 0:
         return Refusal(reason=RefusalReason.ALREADY_REDEEMED)
+    if chain.now is not None and chain.now < status.not_before:
+        opens = dt.datetime.fromtimestamp(status.not_before, dt.UTC).date().isoformat()
+        return Refusal(reason=RefusalReason.NOT_YET_VALID, detail=f"valid from {opens}")
     if chain.now is None or not status.not_before <= chain.now <= status.not_after:
         return Refusal(reason=RefusalReason.EXPIRED)
     return None
@@ -200,9 +207,139 @@ def abandoned(error_msg: str | None) -> Refusal:
     text = (error_msg or "").strip() or "the wallet abandoned the request without saying why"
     lowered = text.lower()
     if "predicate" in lowered:
-        return Refusal(reason=RefusalReason.EXPIRED, detail=text)
+        # our predicates: valid_from <= today (unmet: not valid yet) and valid_until >= today (unmet: expired)
+        reason = RefusalReason.NOT_YET_VALID if "valid_from" in lowered and "valid_until" not in lowered \
+            else RefusalReason.EXPIRED
+        return Refusal(reason=reason, detail=text)
     if any(word in lowered for word in _DECLINED):
         return Refusal(reason=RefusalReason.DECLINED, detail=text)
     if any(words in lowered for words in _NOTHING_HELD):
         return Refusal(reason=RefusalReason.NO_MATCHING_CREDENTIAL, detail=text)
     return _invalid(f"the wallet could not present: {text}")
+
+
+# -- pickup codes (paper prescriptions, representatives) ----------------------------------------------
+
+def revealed_from_pickup(code: PickupCode) -> RevealedPrescription:
+    """What a verified pickup code says, as the prescription a presentation reveals."""
+    m = code.medication
+    therapy = code.therapy
+    return RevealedPrescription(
+        prescription_id=code.prescription_id, patient_name=code.patient_name,
+        patient_birth_date=code.patient_birth_date,
+        medication=Medication(name=m.name, code=m.code, code_system=m.code_system, strength=m.strength, form=m.form),
+        dosage_instructions=code.dosage_instructions, quantity=code.quantity,
+        substitution_allowed=code.substitution_allowed,
+        prescriber=Prescriber(name=code.prescriber.name, identifier=code.prescriber.identifier),
+        therapy=TherapyPart(therapy_id=therapy.therapy_id, part=therapy.part, parts=therapy.parts) if therapy
+        else TherapyPart(therapy_id=code.prescription_id, part=1, parts=1),
+        token=TokenRef(chain_id=code.token.chain_id, contract=code.token.contract, secret_key=code.token.secret_key))
+
+
+def pickup_refusal(code: PickupCode, is_trusted: bool, chain: ChainFacts) -> Refusal | None:
+    """A verified pickup code's verdict: its signer trusted (the register of prescribers, or this
+    pharmacy's override), then the token's own. None: it may be dispensed."""
+    if not is_trusted:
+        return Refusal(reason=RefusalReason.UNTRUSTED_ISSUER,
+                       detail=f"{code.prescriber.name}, practice DID {code.iss} is not a trusted prescriber")
+    return token_refusal(chain)
+
+
+# -- substitution: what the pharmacist may hand over instead --------------------------------------------
+
+class SubstitutionKind(StrEnum):
+    GENERIC = "generic"  # another product: same active ingredient, strength and form (needs substitution_allowed)
+    PACK_SIZE = "pack_size"  # the prescribed medication in another pack: at most the prescribed quantity
+
+
+MAX_REASON_CHARS = 300
+_KEY_LIKE = re.compile(r"[0-9a-fA-F]{64}")  # a token key's form: never written into a dispense record
+
+
+class Substitution(BaseModel):
+    """What the pharmacist hands over instead of exactly what was prescribed, and why. The model only
+    types it; whether it may be dispensed is `substitution_problem`'s decision."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: SubstitutionKind
+    medication: Medication | None = Field(default=None, description="generic: the product handed over (the "
+                                          "prescribed strength and form, another product code); pack_size: none")
+    quantity: int | None = Field(default=None, description="units handed over: pack_size: required, 1 to the "
+                                 "prescribed quantity; generic: optional (default: the prescribed quantity)")
+    reason: str = Field(default="", max_length=MAX_REASON_CHARS, description="why (required); the receipt and "
+                        "the FHIR MedicationDispense record it")
+
+    @field_validator("reason")
+    @classmethod
+    def _readable(cls, value: str) -> str:
+        problem = text_problem(value) if value else None
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+def _same(a: str, b: str) -> bool:
+    """Strength and form as people write them: '400 mg' is '400mg' is '400 MG'."""
+    return "".join(a.split()).casefold() == "".join(b.split()).casefold()
+
+
+def _quantity_problem(quantity: int, prescription: PresentedPrescription) -> str | None:
+    unit = prescription.medication.form
+    if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 1:
+        return f"the quantity handed over is a whole number of at least 1 {unit}"
+    if quantity > prescription.quantity:
+        return (f"at most the prescribed quantity ({prescription.quantity} {unit}) may be handed over, "
+                f"not {quantity}")
+    return None
+
+
+def substitution_problem(prescription: PresentedPrescription, substitution: Substitution | None) -> str | None:
+    """Why this substitution may not be dispensed for this prescription (the rule it breaks), or None.
+
+    * a generic: only if the prescriber allowed substitution (no aut idem), of the prescribed strength and
+      form, another product (a product code other than the prescribed one), optionally fewer units;
+    * another pack size: of the prescribed medication itself, at least 1 and at most the prescribed quantity
+      (equal: e.g. 2 packs of 10 for 1 of 20). Aut idem does not rule it out: the product is the same;
+    * either one with a reason, and no 64-digit hex value in what is written down (a token key has that form).
+    """
+    if substitution is None:
+        return None
+    prescribed = prescription.medication
+    if substitution.kind is SubstitutionKind.GENERIC:
+        generic = substitution.medication
+        if not prescription.substitution_allowed:
+            return "the prescriber ruled out substitution (aut idem): hand over exactly the prescribed product"
+        if generic is None:
+            return "a generic substitution names the product handed over (medication)"
+        if not _same(generic.strength, prescribed.strength):
+            return f"a generic has the prescribed strength ({prescribed.strength}), not {generic.strength}"
+        if not _same(generic.form, prescribed.form):
+            return f"a generic has the prescribed form ({prescribed.form}), not {generic.form}"
+        if generic.code_system == prescribed.code_system and generic.code.casefold() == prescribed.code.casefold():
+            return (f"a generic is another product: its product code must differ from the prescribed one "
+                    f"({prescribed.code_system} {prescribed.code})")
+        if substitution.quantity is not None and (problem := _quantity_problem(substitution.quantity, prescription)):
+            return problem
+    else:
+        if substitution.medication is not None:
+            return ("another pack size is of the prescribed medication: name no other product (that is a "
+                    "generic substitution)")
+        if substitution.quantity is None:
+            return "another pack size says how many units are handed over (quantity)"
+        if problem := _quantity_problem(substitution.quantity, prescription):
+            return problem
+    if not substitution.reason.strip():
+        return "a substitution needs a reason"
+    written = substitution.reason + (substitution.medication.name if substitution.medication else "")
+    if _KEY_LIKE.search(written):
+        return "the reason and the product name must not hold a 64-digit hex value (the form of a token key)"
+    return None
+
+
+def as_dispensed(prescription: PresentedPrescription, substitution: Substitution) -> Substitution:
+    """The substitution as the record keeps it: with the medication and quantity actually handed over."""
+    return substitution.model_copy(update={
+        "medication": substitution.medication or prescription.medication,
+        "quantity": substitution.quantity if substitution.quantity is not None else prescription.quantity,
+        "reason": substitution.reason.strip()})

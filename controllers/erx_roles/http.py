@@ -16,13 +16,17 @@ from pydantic import BaseModel, ValidationError
 
 from erx_contracts.errors import ChainUnavailable, TransactionTimeout
 from erx_core.acapy_admin import AdminApiError, AgentUnreachable
+from erx_core.audit import Via
+from erx_core.staff import ACTION_TEXT, Action, StaffMember, a_role, may, needs_person
 from erx_core.store import UnreadableRecord
 from erx_roles.errors import (Conflict, DomainError, InvalidRequest, NotFound, Unavailable, UpstreamRefused,
                               unavailable)
-from erx_schemas.prescription import input_context
+from erx_schemas.prescription import PrescribingRules, input_context
 
 LOG = logging.getLogger("erx.api")
 M = TypeVar("M", bound=BaseModel)
+# the practice's prescribing defaults and limits, applied to every order that enters (`parse_body`)
+PRESCRIBING_RULES = web.AppKey("erx_prescribing_rules", PrescribingRules)
 # A request body larger than this is refused with 413 before it is parsed. aiohttp's own limit
 # (client_max_size) is 1 MiB; the largest body here, a FHIR MedicationRequest, is a few KiB.
 MAX_BODY_BYTES = 256 * 1024
@@ -66,7 +70,8 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
     raw = await _read_capped(request)
     _check_json_object(raw or b"{}")
     try:
-        return model.model_validate_json(raw or b"{}", strict=True, extra="forbid", context=input_context())
+        return model.model_validate_json(raw or b"{}", strict=True, extra="forbid",
+                                         context=input_context(rules=request.config_dict.get(PRESCRIBING_RULES)))
     except ValidationError as exc:
         raise ApiError(422, "invalid request body", fields=field_problems(exc)) from None
 
@@ -134,28 +139,65 @@ def field_problems(exc: ValidationError) -> list[dict[str, str]]:
 
 
 class Caller(BaseModel):
-    """Who is calling the API: the organisation's operator, or one of its integrators."""
+    """Who is calling the API: the organisation's operator token, one of its integrators, or a staff
+    member's own token; and the person acting, if any (that member, or one a token names in
+    `Erx-On-Behalf-Of`)."""
 
     name: str
     integrator_id: str | None = None
     scopes: set[str] = set()
+    person: StaffMember | None = None
+    personal: bool = False  # a staff member's own API token: `person` is that member
 
     @property
     def is_operator(self) -> bool:
+        """The organisation itself (its operator token, or a member's own token), not an integrator."""
         return self.integrator_id is None
+
+    @property
+    def via(self) -> Via:
+        return Via.INTEGRATOR if self.integrator_id else Via.STAFF_TOKEN if self.personal else Via.OPERATOR_TOKEN
 
     def may(self, scope: str | None) -> bool:
         """May this caller use an operation that needs `scope` (None: any authenticated caller)?"""
         return scope is None or self.is_operator or scope in self.scopes
 
 
+def refusal(caller: Caller, action: Action | None, *, operator_only: bool = False,
+            scope: str | None = None) -> str | None:
+    """Why `caller` may not use an operation declared with `action`, `operator_only` and `scope`; None if
+    it may. Pure: the whole decision for the REST API (docs/staff-and-audit.md).
+
+    The token bounds what can be done (an integrator never administers the organisation; without a scope
+    it never changes what the scope guards); the person named decides as their role allows (`may`); and
+    issuing, revoking and dispensing need a person."""
+    if operator_only and not caller.is_operator:
+        return "only the organisation's operator may do this (its operator token, or an operator's own token)"
+    if scope is not None and not caller.may(scope):
+        return f"this token lacks the scope {scope!r}; the operator can grant it"
+    if action is None:
+        return None
+    if caller.person is not None:
+        if not may(caller.person.role, action):
+            return f"{a_role(caller.person.role)} may not {ACTION_TEXT[action]} ({caller.person.username})"
+        return None
+    if needs_person(action):
+        return (f"only a person may {ACTION_TEXT[action]}: use a staff member's own API token, or name the "
+                f"staff member with the {ON_BEHALF_OF} header")
+    return None
+
+
 Authenticate = Callable[[str], Caller | None]
+ActFor = Callable[[Caller, str], Caller]
 CALLER = web.RequestKey("caller", Caller)
+ON_BEHALF_OF = "Erx-On-Behalf-Of"
 
 
-def api_middlewares(authenticate: Authenticate, public_paths: Callable[[], set[str]] = set) -> list:
+def api_middlewares(authenticate: Authenticate, public_paths: Callable[[], set[str]] = set,
+                    act_for: ActFor | None = None) -> list:
     """JSON errors for everything, and a bearer token for every `/api/` path that is not public.
-    `authenticate` maps the Authorization header to the caller (None: refused)."""
+    `authenticate` maps the Authorization header to the caller (None: refused); `act_for` makes it act
+    for the staff member an `Erx-On-Behalf-Of` header names (or raises ApiError)."""
 
     @web.middleware
     async def errors(request: web.Request, handler):
@@ -193,6 +235,11 @@ def api_middlewares(authenticate: Authenticate, public_paths: Callable[[], set[s
             caller = authenticate(request.headers.get("Authorization", ""))
             if caller is None:
                 raise ApiError(401, "missing or wrong API token (Authorization: Bearer …)")
+            named = request.headers.getall(ON_BEHALF_OF, [])
+            if act_for is not None and named:
+                if len(named) > 1:
+                    raise ApiError(403, f"the {ON_BEHALF_OF} header is given more than once")
+                caller = act_for(caller, named[0].strip())
             request[CALLER] = caller
         return await handler(request)
 

@@ -1,4 +1,5 @@
-"""API tokens: the organisation's operator token, and one token per integrator.
+"""API tokens: the organisation's operator token, and one token per integrator (staff members' own
+tokens: erx_core.staff, erx_roles.staff_api).
 
 The operator token (generated into `.erx/secrets.json`, used by `erx` itself) may do everything,
 including managing integrators. Each integrator — practice software, a pharmacy system, an insurer —
@@ -19,6 +20,8 @@ from typing import Callable
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from erx_core.audit import AuditAction
+from erx_core.staff import Action
 from erx_core.store import Store
 from erx_roles.api import Api
 from erx_roles.errors import not_found
@@ -109,18 +112,20 @@ class Integrators:
         tag = "integrators"
 
         @api.operation("POST", "/api/integrators", summary="Create an integrator and its API token", tag=tag,
-                       body=IntegratorCreate, response=IntegratorCreated, status=201, operator_only=True)
+                       body=IntegratorCreate, response=IntegratorCreated, status=201, operator_only=True,
+                       action=Action.MANAGE_INTEGRATORS, audit=AuditAction.INTEGRATOR_ADDED)
         async def create_integrator(_: web.Request, body: IntegratorCreate) -> IntegratorCreated:
             """The token is in this answer only; the controller keeps just its hash."""
             return self.create(body)
 
         @api.operation("GET", "/api/integrators", summary="List integrators (without tokens)", tag=tag,
-                       response=list[Integrator], operator_only=True)
+                       response=list[Integrator], operator_only=True, action=Action.MANAGE_INTEGRATORS)
         async def list_integrators(_: web.Request) -> list[Integrator]:
             return self.all()
 
         @api.operation("DELETE", "/api/integrators/{integrator_id}", summary="Revoke an integrator's token",
-                       tag=tag, errors=(404,), operator_only=True)
+                       tag=tag, errors=(404,), operator_only=True, action=Action.MANAGE_INTEGRATORS,
+                       audit=AuditAction.INTEGRATOR_REMOVED)
         async def remove_integrator(_: web.Request, integrator_id: str) -> None:
             """Its webhook subscriptions are removed too."""
             if not self.remove(integrator_id):

@@ -43,24 +43,32 @@ def sample_order(redemptions: int = 1, **overrides: Any) -> dict:
 
 
 class Controllers(Protocol):
-    """Where each organisation's controller answers, and its operator token (e.g. erx_cli.system)."""
+    """Where each organisation's controller answers, its operator token, and the staff member the flow
+    acts as there (e.g. erx_cli.system)."""
 
     def controller_url(self, name: str) -> str: ...
 
     def operator_token(self, name: str) -> Any: ...
 
+    def staff_member(self, name: str) -> str | None: ...
+
 
 class Scenario:
-    """Holds one client per controller and performs the flow's actions."""
+    """Holds one client per controller and performs the flow's actions: with the organisation's operator
+    token, acting for its dev-default person (a prescriber, a pharmacist: `Erx-On-Behalf-Of`), as practice
+    and pharmacy software acting for the person at the keyboard would. `as_staff=False`: the bare operator
+    token (administration: integrators, staff, trusted prescribers, webhooks)."""
 
-    def __init__(self, network: Controllers):
+    def __init__(self, network: Controllers, as_staff: bool = True):
         self.network = network
+        self.as_staff = as_staff
         self.clients: dict[str, ControllerClient] = {}
 
     def client(self, agent_name: str) -> ControllerClient:
         if agent_name not in self.clients:
+            person = self.network.staff_member(agent_name) if self.as_staff else None
             self.clients[agent_name] = ControllerClient(self.network.controller_url(agent_name),
-                                                        self.network.operator_token(agent_name))
+                                                        self.network.operator_token(agent_name), on_behalf_of=person)
         return self.clients[agent_name]
 
     async def close(self) -> None:
@@ -119,6 +127,36 @@ class Scenario:
 
     async def revoke(self, doctor: str, prescription_id: str) -> dict:
         return await self.client(doctor).post(f"/api/prescriptions/{prescription_id}/revoke")
+
+    async def issue_therapy(self, doctor: str, connection_id: str, order: dict, parts: int, interval_days: int
+                            ) -> dict:
+        """A therapy in parts, each part issued (or ended) before this returns."""
+        therapy = await self.client(doctor).post("/api/therapies", {
+            "connection_id": connection_id, "order": order, "plan": {"parts": parts, "interval_days": interval_days}})
+        for part in therapy["parts"]:
+            await self.client(doctor).get(f"/api/prescriptions/{part['prescription_id']}", wait=WAIT_S)
+        return await self.client(doctor).get(f"/api/therapies/{therapy['therapy_id']}")
+
+    async def print_paper(self, doctor: str, order: dict) -> tuple[list[str], bytes]:
+        """A paper prescription: its prescription ids and the PDF to print."""
+        client = self.client(doctor)
+        async with client._session.post(client.base_url + "/api/prescriptions/paper", json={"order": order}) as resp:
+            body = await resp.read()
+            if resp.status != 201:
+                raise ControllerApiError("POST", "/api/prescriptions/paper", resp.status, body[:500].decode(errors="replace"))
+            return resp.headers["Erx-Prescription-Ids"].split(","), body
+
+    async def redeem_pickup_code(self, pharmacy: str, code: str) -> dict:
+        """A paper prescription or a representative's pickup code at the counter: checked, then dispensed."""
+        check = await self.client(pharmacy).post("/api/pickup-codes", {"code": code})
+        if check["state"] != "verified":
+            return check
+        try:
+            return await self.client(pharmacy).post(f"/api/checks/{check['check_id']}/dispense")
+        except ControllerApiError as exc:
+            if exc.status == 409 and isinstance(exc.body, dict) and "check" in exc.body:
+                return exc.body["check"]
+            raise
 
 
 async def timed(name: str, action, outcome_of=lambda r: ("ok", None, None, "")) -> tuple[Step, Any]:

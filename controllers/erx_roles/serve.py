@@ -16,18 +16,26 @@ from pathlib import Path
 
 from aiohttp import web
 
+from erx_core.audit import AuditLog
 from erx_core.events import webhook_routes
 from erx_core.config import ControllerConfig
+from erx_core.staff import StaffDirectory
+from erx_roles.acting import AUDIT_LOG, watch
 from erx_roles.context import RoleContext, wire
 from erx_roles.doctor import DoctorService, doctor_api
-from erx_roles.http import api_middlewares, json_response
+from erx_core.documents import MAX_UPLOAD_BYTES
+from erx_roles.http import PRESCRIBING_RULES, api_middlewares, json_response
 from erx_roles.integrators import Integrators
 from erx_roles.pages import mount_pages
 from erx_roles.patient import PatientService, patient_routes
 from erx_roles.pharmacy import PharmacyService, pharmacy_api
+from erx_roles.staff_api import Access, StaffApi
 from erx_roles.webhook_api import WebhookApi
 
 LOG = logging.getLogger("erx.controller")
+# the services' methods people act through: each call is recorded by who, on what, how it ended
+AUDITED_CALLS = {"doctor": ("issue", "issue_therapy", "issue_paper", "revoke"),
+                 "pharmacy": ("request", "check_pickup_code", "dispense")}
 
 
 async def build_app(config: ControllerConfig) -> web.Application:
@@ -54,27 +62,43 @@ async def build_app(config: ControllerConfig) -> web.Application:
 
     operator_token = config.operator_token
     base_url = config.public_url
+    staff, audit, act_for = None, None, None
     if isinstance(service, PatientService):
         # the wallet stand-in is not an organisation: no integrators, one token (the wallet owner's)
         routes, public_paths = patient_routes(service), set
         authenticate = Integrators(ctx.store, operator_token).operator_only
     else:
+        # people, not organisations: staff accounts (the dev-default ones seeded from the config), the audit
+        # log of what they do, and the service calls it records (erx_roles.acting)
+        staff, audit = StaffDirectory(ctx.store, role), AuditLog(ctx.store)
+        if created := staff.ensure(config.staff):
+            LOG.info("created staff account(s) %s", ", ".join(created))
+        watch(service, *AUDITED_CALLS[role])
         integrators = Integrators(ctx.store, operator_token)
+        access = Access(integrators, staff)
         api = doctor_api(service) if isinstance(service, DoctorService) else pharmacy_api(service)
         api.include(integrators.api())
         api.include(WebhookApi(ctx.outbox, ctx.store, integrators).api())
+        api.include(StaffApi(staff, audit).api())
         api.title = f"erx {role} controller ({config.label})"
         api.description = API_DESCRIPTION[role]
-        routes, public_paths, authenticate = api.routes(base_url), api.public_paths, integrators.authenticate
+        routes, public_paths, authenticate = api.routes(base_url), api.public_paths, access.authenticate
+        act_for = access.act_for
 
-    app = web.Application(middlewares=api_middlewares(authenticate, public_paths))
+    # uploads (a scanned paper prescription) up to documents.MAX_UPLOAD_BYTES; JSON bodies stay capped by
+    # erx_roles.http.MAX_BODY_BYTES
+    app = web.Application(middlewares=api_middlewares(authenticate, public_paths, act_for),
+                          client_max_size=MAX_UPLOAD_BYTES + 1)
+    if audit is not None:
+        app[AUDIT_LOG] = audit
     # Event subscriptions, all wired here (no agent event arrives before the app serves its webhook routes).
     # The service's handlers first: the pages' live updates (subscribed by mount_pages) then tell a page
     # of an event only once the service has recorded what it changed.
     wire(service, ctx.bus)
+    app[PRESCRIBING_RULES] = config.prescribing
     app.add_routes(webhook_routes(ctx.bus, config.agent.webhook_key))
     app.add_routes([web.get("/health", health), *routes])
-    mount_pages(app, ctx, service)
+    mount_pages(app, ctx, service, staff=staff, audit=audit)
     app["service"] = service
 
     async def background(_: web.Application):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from erx_core.staff import Action
 from erx_core.store import Store
 from erx_core.webhooks import Delivery, Outbox, Subscription, SubscriptionCreate, SubscriptionCreated, WebhookEvent
 from erx_roles.api import Api
@@ -61,7 +62,7 @@ class WebhookApi:
         tag = "webhooks"
 
         @api.operation("POST", "/api/webhooks", summary="Subscribe a URL to events", tag=tag,
-                       body=SubscriptionCreate, response=SubscriptionCreated, status=201)
+                       body=SubscriptionCreate, response=SubscriptionCreated, status=201, action=Action.MANAGE_WEBHOOKS)
         async def create_subscription(request: web.Request, body: SubscriptionCreate) -> SubscriptionCreated:
             """The answer holds the signing secret, once. Events from now on are delivered, in order,
             signed (`Erx-Signature`), retried with backoff; see docs/webhooks.md."""
@@ -70,17 +71,18 @@ class WebhookApi:
             return created
 
         @api.operation("GET", "/api/webhooks", summary="Your active webhook subscriptions", tag=tag,
-                       response=list[Subscription])
+                       response=list[Subscription], action=Action.MANAGE_WEBHOOKS)
         async def list_subscriptions(request: web.Request) -> list[Subscription]:
             caller = caller_of(request)
             return [s for s in self.outbox.subscriptions() if s.active and self._visible(caller, s.subscription_id)]
 
         @api.operation("GET", "/api/webhooks/{subscription_id}", summary="One webhook subscription", tag=tag,
-                       response=Subscription, errors=(404,))
+                       response=Subscription, errors=(404,), action=Action.MANAGE_WEBHOOKS)
         async def get_subscription(request: web.Request, subscription_id: str) -> Subscription:
             return self._own(caller_of(request), subscription_id)
 
-        @api.operation("DELETE", "/api/webhooks/{subscription_id}", summary="Unsubscribe", tag=tag, errors=(404,))
+        @api.operation("DELETE", "/api/webhooks/{subscription_id}", summary="Unsubscribe", tag=tag, errors=(404,),
+                       action=Action.MANAGE_WEBHOOKS)
         async def delete_subscription(request: web.Request, subscription_id: str) -> None:
             """Pending deliveries of this subscription are dropped."""
             self._own(caller_of(request), subscription_id)
@@ -89,13 +91,13 @@ class WebhookApi:
 
         @api.operation("GET", "/api/webhooks/{subscription_id}/deliveries", tag=tag, errors=(404,),
                        summary="Recent deliveries of a subscription, newest first", query=DeliveriesQuery,
-                       response=list[Delivery])
+                       response=list[Delivery], action=Action.MANAGE_WEBHOOKS)
         async def list_deliveries(request: web.Request, subscription_id: str, query: DeliveriesQuery) -> list[Delivery]:
             self._own(caller_of(request), subscription_id)
             return self.outbox.deliveries(subscription_id, limit=query.limit)
 
         @api.operation("GET", "/api/events", summary="The event log, oldest first, to catch up or replay",
-                       tag=tag, query=EventsQuery, response=list[WebhookEvent])
+                       tag=tag, query=EventsQuery, response=list[WebhookEvent], action=Action.VIEW)
         async def list_events(_: web.Request, query: EventsQuery) -> list[WebhookEvent]:
             """The same events the webhooks deliver, numbered by `seq` without gaps."""
             return self.outbox.events(after_seq=query.after_seq, limit=query.limit)

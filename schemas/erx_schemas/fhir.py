@@ -27,10 +27,11 @@ from fhir.resources.R4B.resource import Resource
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from erx_schemas.prescription import (Medication, Prescriber, PrescriptionOrder, PresentedPrescription,
-                                      RevealedPrescription, input_context)
+                                      PrescribingRules, RevealedPrescription, TherapyPart, input_context,
+                                      therapy_problem)
 
 __all__ = ["FhirMappingError", "FhirProblem", "medication_dispense", "medication_request_from_order",
-           "order_from_medication_request"]
+           "order_from_medication_request", "orders_from_therapy_requests"]
 
 # Code systems of the credential's `medication_code_system`, by canonical FHIR system URI. GTIN is
 # written as its OID (the form R4 lists); the URI HL7 Terminology also registers is accepted on input.
@@ -55,6 +56,18 @@ _PRESCRIBER_ID_SYSTEM = "urn:erx:prescriber-id"
 _PHARMACY_ID_SYSTEM = "urn:erx:pharmacy-id"
 _TOKEN_SPEND_TX_SYSTEM = "urn:erx:token-spend-tx"
 _REMAINING_REDEMPTIONS_URL = "urn:erx:fhir:extension:remaining-redemptions"
+# MedicationDispense.substitution.type (example binding ActSubstanceAdminSubstitutionCode). A generic is EC,
+# "equivalent composition": same active ingredient, strength, dosage form and route ("Lisinopril for
+# Zestril"); its children G (a generic for a generic) and BC (a brand for a brand) would claim to know
+# whether the prescribed product was a brand, which a prescription by ATC code does not say. The code
+# system has no code for another pack of the same product (it names changes of product, not of amount):
+# that is `wasSubstituted` with a type in text only.
+_SUBSTITUTION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-substanceAdminSubstitution"
+_SUBSTITUTION_KINDS = ("generic", "pack_size")
+# A therapy in parts: each part is a MedicationRequest of the therapy's group, numbered like gematik's
+# multi-part prescription extension (part k of n).
+_THERAPY_ID_SYSTEM = "urn:erx:therapy-id"
+_THERAPY_PART_URL = "urn:erx:fhir:extension:therapy-part"
 # A strength the doctor typed that a Ratio cannot hold ("1 puff", "0.5 %"): kept as text on the ingredient.
 _STRENGTH_TEXT_URL = "urn:erx:fhir:extension:strength-text"
 
@@ -104,7 +117,8 @@ class FhirMappingError(ValueError):
 
 # -- FHIR MedicationRequest -> PrescriptionOrder ----------------------------------------------------
 
-def order_from_medication_request(resource: dict) -> PrescriptionOrder:
+def order_from_medication_request(resource: dict, *, rules: PrescribingRules | None = None,
+                                  _allow_part: bool = False) -> PrescriptionOrder:
     """Read a FHIR R4 MedicationRequest (JSON dict) as the order a prescription credential is issued for.
 
     Patient and Medication must be contained in the request: we resolve no references to servers.
@@ -112,6 +126,9 @@ def order_from_medication_request(resource: dict) -> PrescriptionOrder:
     """
     request = _validated(MedicationRequest, resource, "MedicationRequest")
     reading = _Reading()
+    if not _allow_part and _therapy_part_of(resource, "MedicationRequest") is not None:
+        reading.problem("MedicationRequest.extension", "this request is one part of a therapy: send all its "
+                        "parts together (POST /api/therapies/fhir)")
     _refuse_modifiers(resource, "MedicationRequest", reading)
     _check_workflow(request, reading)
     _read_patient(request, reading)
@@ -121,7 +138,7 @@ def order_from_medication_request(resource: dict) -> PrescriptionOrder:
     if reading.problems:
         raise FhirMappingError(reading.problems)
     try:
-        return PrescriptionOrder.model_validate(reading.order_input(), context=input_context())
+        return PrescriptionOrder.model_validate(reading.order_input(), context=input_context(rules=rules))
     except ValidationError as exc:
         raise FhirMappingError([reading.problem_for(error) for error in exc.errors()]) from None
 
@@ -176,10 +193,14 @@ def _check_workflow(request: MedicationRequest, reading: _Reading) -> None:
         reading.problem("MedicationRequest.doNotPerform",
                         "a request NOT to give a medication cannot become a prescription")
     substitution = request.substitution
-    if substitution is not None and substitution.allowedBoolean is not True:
-        element = "allowedBoolean" if substitution.allowedBoolean is not None else "allowedCodeableConcept"
-        reading.problem(f"MedicationRequest.substitution.{element}",
-                        "the credential cannot carry a restriction on substitution")
+    if substitution is not None:
+        if substitution.allowedBoolean is None:
+            reading.problem("MedicationRequest.substitution.allowedCodeableConcept",
+                            "say whether substitution is allowed with allowedBoolean (true or false): the "
+                            "credential carries only that")
+        else:
+            reading.put("substitution_allowed", substitution.allowedBoolean,
+                        "MedicationRequest.substitution.allowedBoolean")
     if request.note:
         reading.problem("MedicationRequest.note",
                         "notes cannot be carried by the credential: write what the patient needs to know "
@@ -517,7 +538,8 @@ def _elements(node: Any, path: str) -> Iterator[tuple[str, str, Any]]:
 # -- PrescriptionOrder -> FHIR MedicationRequest ----------------------------------------------------
 
 def medication_request_from_order(order: PrescriptionOrder, *, prescription_id: str, prescriber: Prescriber,
-                                  authored_on: dt.date | dt.datetime | None = None) -> dict:
+                                  authored_on: dt.date | dt.datetime | None = None,
+                                  therapy: TherapyPart | None = None) -> dict:
     """The order as a FHIR R4 MedicationRequest (JSON dict) that `order_from_medication_request` reads back.
 
     A strength that a FHIR Ratio cannot hold is kept as text in an extension of the ingredient
@@ -551,8 +573,83 @@ def medication_request_from_order(order: PrescriptionOrder, *, prescription_id: 
         "requester": {"reference": "#prescriber", "display": prescriber.name},
         "dosageInstruction": [{"text": order.dosage_instructions}],
         "dispenseRequest": dispense_request,
+        "substitution": {"allowedBoolean": order.substitution_allowed},
     }
+    if therapy is not None and therapy.parts > 1:
+        resource["groupIdentifier"] = {"system": _THERAPY_ID_SYSTEM, "value": therapy.therapy_id}
+        resource["extension"] = [_therapy_extension(therapy)]
     return _json(_validated(MedicationRequest, _without_none(resource), "MedicationRequest"))
+
+
+def _therapy_extension(therapy: TherapyPart) -> dict[str, Any]:
+    return {"url": _THERAPY_PART_URL, "extension": [{"url": "part", "valuePositiveInt": therapy.part},
+                                                    {"url": "parts", "valuePositiveInt": therapy.parts}]}
+
+
+def _therapy_part_of(resource: dict, path: str) -> tuple[int, int] | None | FhirProblem:
+    """(part, parts) from the therapy-part extension, None without one, or what is wrong with it."""
+    extensions = [e for e in resource.get("extension") or [] if isinstance(e, dict) and e.get("url") == _THERAPY_PART_URL]
+    if not extensions:
+        return None
+    values: dict[str, Any] = {}
+    for sub in extensions[0].get("extension") or []:
+        if isinstance(sub, dict) and sub.get("url") in ("part", "parts"):
+            values[sub["url"]] = sub.get("valuePositiveInt")
+    part, parts = values.get("part"), values.get("parts")
+    if len(extensions) > 1 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (part, parts)) \
+            or part > parts:
+        return FhirProblem(path=f"{path}.extension", message=f"{_THERAPY_PART_URL} must appear once, with "
+                           "positive integers part <= parts")
+    return part, parts
+
+
+def orders_from_therapy_requests(resources: list[dict], *,
+                                 rules: PrescribingRules | None = None) -> list[PrescriptionOrder]:
+    """A therapy in parts, one FHIR R4 MedicationRequest per part (each with its own
+    dispenseRequest.validityPeriod and numberOfRepeatsAllowed), as the parts' orders in part order.
+
+    The requests either all carry the therapy-part extension (part k of n, each part once, n the number
+    of requests; and one groupIdentifier) or none does (the list order is the part order). Raises
+    FhirMappingError with every problem, each at `MedicationRequest[i]...`."""
+    problems: list[FhirProblem] = []
+    orders: list[PrescriptionOrder | None] = []
+    numbered: list[tuple[int, int] | None] = []
+    groups: set[str] = set()
+    for index, resource in enumerate(resources):
+        root = f"MedicationRequest[{index}]"
+        try:
+            orders.append(order_from_medication_request(resource, rules=rules, _allow_part=True))
+        except FhirMappingError as exc:
+            orders.append(None)
+            problems += [FhirProblem(path=p.path.replace("MedicationRequest", root, 1), message=p.message)
+                         for p in exc.problems]
+        part = _therapy_part_of(resource, root) if isinstance(resource, dict) else None
+        if isinstance(part, FhirProblem):
+            problems.append(part)
+            part = None
+        numbered.append(part)
+        group = resource.get("groupIdentifier") if isinstance(resource, dict) else None
+        if isinstance(group, dict):
+            groups.add(f"{group.get('system')}|{group.get('value')}")
+    if problems:
+        raise FhirMappingError(problems)
+    count = len(resources)
+    if any(numbered) and (not all(numbered) or sorted(p for p, _ in numbered) != list(range(1, count + 1))
+                          or any(n != count for _, n in numbered)):
+        problems.append(FhirProblem(path="MedicationRequest.extension", message=(
+            f"the therapy-part extensions must number the {count} requests 1 to {count}, each once, "
+            f"each of {count}")))
+    if len(groups) > 1:
+        problems.append(FhirProblem(path="MedicationRequest.groupIdentifier",
+                                    message="the parts of one therapy share one groupIdentifier"))
+    if problems:
+        raise FhirMappingError(problems)
+    ordered = [order for _, order in sorted(zip([p for p, _ in numbered] if all(numbered) else range(count),
+                                                orders, strict=True), key=lambda pair: pair[0])]
+    problem = therapy_problem(ordered)  # type: ignore[arg-type]
+    if problem:
+        raise FhirMappingError([FhirProblem(path="MedicationRequest", message=problem)])
+    return ordered  # type: ignore[return-value]
 
 
 def _ingredient(medication: Medication) -> dict[str, Any]:
@@ -594,15 +691,23 @@ def _strength_ratio(medication: Medication) -> dict[str, Any]:
 
 def medication_dispense(prescription: RevealedPrescription | dict, *, dispense_id: str,
                         when_handed_over: dt.datetime, pharmacy_name: str, pharmacy_identifier: str | None,
-                        token_tx_hash: str | None, remaining_redemptions: int | None) -> dict:
+                        token_tx_hash: str | None, remaining_redemptions: int | None,
+                        dispensed_medication: Medication | dict | None = None, dispensed_quantity: int | None = None,
+                        substitution: str | None = None, substitution_reason: str | None = None) -> dict:
     """The pharmacy's record of a dispense as a FHIR R4 MedicationDispense (JSON dict).
 
     `prescription` is a RevealedPrescription or its stored JSON form (the pharmacy keeps
     `model_dump(mode="json", exclude={"token"})`). The token's secret key is never written: it is
     dropped on input, and the finished resource is checked not to contain it.
+
+    What was handed over, when it is not exactly the prescription: `substitution` "generic" (with
+    `dispensed_medication`) or "pack_size" (with `dispensed_quantity`), and the pharmacist's
+    `substitution_reason`; `substitution.wasSubstituted` is false otherwise. The rules of what may be
+    substituted are the pharmacy's (erx_roles.dispensing); this only writes it down.
     """
     dispensed, secrets = _dispensed_prescription(prescription)
     problems: list[FhirProblem] = []
+    handed_over, quantity = _handed_over(dispensed, dispensed_medication, dispensed_quantity, substitution, problems)
     if token_tx_hash is not None and not _TX_HASH.fullmatch(token_tx_hash):
         problems.append(FhirProblem(path="MedicationDispense.identifier",
                                     message="the token spend transaction hash must be 0x and 64 hex digits"))
@@ -611,7 +716,7 @@ def medication_dispense(prescription: RevealedPrescription | dict, *, dispense_i
                                     message="remaining redemptions must be a whole number >= 0"))
     if problems:
         raise FhirMappingError(problems)
-    medication = dispensed.medication
+    medication = handed_over
     pharmacy: dict[str, Any] = {"resourceType": "Organization", "id": "pharmacy", "name": pharmacy_name}
     if pharmacy_identifier is not None:
         pharmacy["identifier"] = [{"system": _PHARMACY_ID_SYSTEM, "value": pharmacy_identifier}]
@@ -632,9 +737,10 @@ def medication_dispense(prescription: RevealedPrescription | dict, *, dispense_i
             "type": "MedicationRequest",
             "identifier": {"system": _PRESCRIPTION_ID_SYSTEM, "value": dispensed.prescription_id},
             "display": f"prescribed by {dispensed.prescriber.name} ({dispensed.prescriber.identifier})"}],
-        "quantity": {"value": dispensed.quantity, "unit": medication.form},
+        "quantity": {"value": quantity, "unit": medication.form},
         "whenHandedOver": when_handed_over,
         "dosageInstruction": [{"text": dispensed.dosage_instructions}],
+        "substitution": _substitution(dispensed, substitution, quantity, substitution_reason),
     }
     result = _json(_validated(MedicationDispense, _without_none(resource), "MedicationDispense"))
     written = json.dumps(result).casefold()
@@ -642,6 +748,51 @@ def medication_dispense(prescription: RevealedPrescription | dict, *, dispense_i
         raise FhirMappingError([FhirProblem(path="MedicationDispense", message=(
             "the redemption token's secret key would appear in the dispense record, which is therefore not produced"))])
     return result
+
+
+def _handed_over(prescribed: PresentedPrescription, medication: Medication | dict | None, quantity: int | None,
+                 substitution: str | None, problems: list[FhirProblem]) -> tuple[Medication, int]:
+    """The medication and quantity handed over, checked; problems are appended."""
+    handed_over = prescribed.medication
+    if substitution is not None and substitution not in _SUBSTITUTION_KINDS:
+        problems.append(FhirProblem(path="MedicationDispense.substitution.type",
+                                    message=f"a substitution is one of {list(_SUBSTITUTION_KINDS)}"))
+    if medication is not None:
+        try:
+            handed_over = Medication.model_validate(medication)
+        except ValidationError as exc:
+            problems += [FhirProblem(path=".".join(["MedicationDispense.medicationCodeableConcept",
+                                                    *(str(part) for part in error["loc"])]),
+                                     message=_clean_message(error["msg"])) for error in exc.errors()]
+    if quantity is not None and (isinstance(quantity, bool) or not isinstance(quantity, int)
+                                 or not 1 <= quantity <= _MAX_QUANTITY):
+        problems.append(FhirProblem(path="MedicationDispense.quantity",
+                                    message=f"the quantity handed over is a whole number from 1 to {_MAX_QUANTITY}"))
+        quantity = None
+    if substitution is None and (handed_over != prescribed.medication
+                                 or quantity not in (None, prescribed.quantity)):
+        problems.append(FhirProblem(path="MedicationDispense.substitution",
+                                    message="another medication or quantity than prescribed is a substitution: "
+                                            "say which (generic or pack_size)"))
+    return handed_over, prescribed.quantity if quantity is None else quantity
+
+
+def _substitution(prescribed: PresentedPrescription, kind: str | None, quantity: int,
+                  reason: str | None) -> dict[str, Any]:
+    if kind is None:
+        return {"wasSubstituted": False}
+    medication = prescribed.medication
+    named = f"{medication.name} {medication.strength} {medication.form} ({medication.code_system} {medication.code})"
+    if kind == "generic":
+        kind_of = {"coding": [{"system": _SUBSTITUTION_SYSTEM, "code": "EC", "display": "equivalent composition"}],
+                   "text": f"generic for the prescribed {named}"}
+    else:
+        kind_of = {"text": f"other pack size: {quantity} of the {prescribed.quantity} {medication.form} prescribed "
+                           f"({named})"}
+    written: dict[str, Any] = {"wasSubstituted": True, "type": kind_of}
+    if reason:
+        written["reason"] = [{"text": reason}]
+    return written
 
 
 def _dispensed_prescription(prescription: RevealedPrescription | dict) -> tuple[PresentedPrescription, list[str]]:

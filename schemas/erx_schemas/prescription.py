@@ -24,7 +24,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, SecretStr, S
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 SCHEMA_NAME = "erx-prescription"
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "2.0"  # 2.0: multi-part therapies, substitution, the signed pickup code
 
 # Order matters only for humans; AnonCreds treats attribute names as a set.
 ATTRIBUTES: list[str] = [
@@ -38,20 +38,26 @@ ATTRIBUTES: list[str] = [
     "medication_form",
     "dosage_instructions",
     "quantity",
+    "substitution_allowed",
     "redemptions",
     "valid_from",
     "valid_until",
     "prescriber_name",
     "prescriber_id",
     "issue_date",
+    "therapy_id",
+    "therapy_part",
+    "therapy_parts",
     "token_chain_id",
     "token_contract",
     "token_secret_key",
+    "pickup_code",
 ]
 
 # What a pharmacy needs to dispense, and nothing more. Validity is proven by predicates instead;
-# the number of redemptions is read from the chain; the issue date is not needed.
-NOT_REVEALED_FOR_DISPENSING = {"redemptions", "valid_from", "valid_until", "issue_date"}
+# the number of redemptions is read from the chain; the issue date is not needed; the pickup code is
+# the wallet's to hand to a representative (it repeats the prescription, signed by the practice).
+NOT_REVEALED_FOR_DISPENSING = {"redemptions", "valid_from", "valid_until", "issue_date", "pickup_code"}
 REVEALED_FOR_DISPENSING: list[str] = [a for a in ATTRIBUTES if a not in NOT_REVEALED_FOR_DISPENSING]
 
 CODE_SYSTEMS = {"ATC", "PZN", "RXNORM", "SNOMED", "EAN"}
@@ -81,7 +87,11 @@ LAST_VALID_DAY = (dt.datetime.fromtimestamp(2**32, dt.UTC) - dt.timedelta(days=1
 # How long a prescription may be valid: valid_until - valid_from. A constant, not a setting: it holds for
 # every order the schema reads (a lower limit set later would make stored prescriptions unreadable).
 MAX_VALIDITY_DAYS = 365
-DEFAULT_VALIDITY_DAYS = 28  # valid_until when none is given, as in the web form
+DEFAULT_VALIDITY_DAYS = 28  # valid_until when none is given (a practice may set its own: PrescribingSettings)
+# A therapy in parts (gematik's multi-part prescription has 2-4, NHS repeat dispensing issues at intervals
+# over up to 12 months): at most this many parts, all within MAX_THERAPY_SPAN_DAYS of the first's start.
+MAX_THERAPY_PARTS = 12
+MAX_THERAPY_SPAN_DAYS = 365
 # valid_from may lie this many days before today, for senders whose calendar is behind the server's.
 VALID_FROM_TOLERANCE_DAYS = 1
 FIRST_BIRTH_DATE = dt.date(1900, 1, 1)
@@ -97,15 +107,60 @@ _ATTRIBUTE_NUMBER = re.compile(r"0|[1-9][0-9]{0,19}")
 _ATTRIBUTE_DATE = re.compile(r"[0-9]{8}")
 
 
-def input_context(today: dt.date | None = None) -> dict[str, Any]:
-    """The validation context for input: `Model.model_validate_json(raw, context=input_context())`."""
-    return {INPUT: today or dt.date.today()}
+RULES = "erx_prescribing_rules"
+
+
+class ValidityLimit(BaseModel):
+    """How long prescriptions of one kind may be valid, the kind told by ATC code prefixes (a product
+    coded otherwise, e.g. by PZN, is of the standard kind: its ATC class is not known here)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(min_length=1, max_length=80)
+    atc_prefixes: list[Annotated[str, StringConstraints(pattern=r"^[A-Z][0-9A-Z]{0,6}$")]] = Field(min_length=1)
+    max_days: int = Field(ge=0, le=MAX_VALIDITY_DAYS)
+
+
+class PrescribingRules(BaseModel):
+    """A practice's defaults from practice (configurable, `ControllerConfig.prescribing`): the window a
+    prescription gets when none is given, and the longest window per kind of medication."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default_validity_days: int = Field(default=DEFAULT_VALIDITY_DAYS, ge=0, le=MAX_VALIDITY_DAYS)
+    max_validity_days: int = Field(default=MAX_VALIDITY_DAYS, ge=0, le=MAX_VALIDITY_DAYS,
+                                   description="for every kind without its own limit")
+    limits: list[ValidityLimit] = Field(default_factory=lambda: [
+        # Germany's narcotics prescriptions (BtM) are valid 7 days after issue (§ 12 BtMVV)
+        ValidityLimit(kind="opioid analgesics (narcotics)", atc_prefixes=["N02A"], max_days=7)])
+
+    def limit(self, medication: Medication) -> ValidityLimit:
+        if medication.code_system == "ATC":
+            for limit in self.limits:
+                if any(medication.code.startswith(prefix) for prefix in limit.atc_prefixes):
+                    return limit
+        return ValidityLimit(kind="this medication", atc_prefixes=["A"], max_days=self.max_validity_days)
+
+    def default_days(self, medication: Medication) -> int:
+        return min(self.default_validity_days, self.limit(medication).max_days)
+
+
+def input_context(today: dt.date | None = None, rules: PrescribingRules | None = None) -> dict[str, Any]:
+    """The validation context for input: `Model.model_validate_json(raw, context=input_context())`.
+    `rules`: the practice's defaults and limits (default: the national defaults)."""
+    return {INPUT: today or dt.date.today(), RULES: rules or PrescribingRules()}
 
 
 def _input_today(info: ValidationInfo) -> dt.date | None:
     context = info.context
     today = context.get(INPUT) if isinstance(context, dict) else None
     return today if isinstance(today, dt.date) else None
+
+
+def _input_rules(info: ValidationInfo) -> PrescribingRules | None:
+    context = info.context
+    rules = context.get(RULES) if isinstance(context, dict) else None
+    return rules if isinstance(rules, PrescribingRules) else None
 
 
 def _char(ch: str) -> str:
@@ -220,6 +275,8 @@ class PrescriptionOrder(BaseModel):
     medication: Medication
     dosage_instructions: Text = Field(min_length=1, max_length=500)
     quantity: int = Field(ge=1, le=1000)
+    substitution_allowed: bool = Field(default=True, description="may the pharmacy dispense an equivalent "
+                                       "product (a generic) instead? false: exactly this product (aut idem)")
     redemptions: int = Field(default=1, ge=1, le=12)
     valid_from: dt.date | None = Field(default=None, description="default: today. Input must not be before "
                                        f"yesterday ({VALID_FROM_TOLERANCE_DAYS} day's tolerance for time zones)")
@@ -250,10 +307,12 @@ class PrescriptionOrder(BaseModel):
 
     @model_validator(mode="after")
     def _window(self, info: ValidationInfo) -> PrescriptionOrder:
+        rules = _input_rules(info)
         if self.valid_from is None:
             self.valid_from = _input_today(info) or dt.date.today()
         if self.valid_until is None:
-            self.valid_until = self.valid_from + dt.timedelta(days=DEFAULT_VALIDITY_DAYS)
+            days = rules.default_days(self.medication) if rules else DEFAULT_VALIDITY_DAYS
+            self.valid_until = self.valid_from + dt.timedelta(days=days)
         latest = self.valid_from + dt.timedelta(days=MAX_VALIDITY_DAYS)
         problem = None
         if self.valid_until < self.valid_from:
@@ -262,11 +321,86 @@ class PrescriptionOrder(BaseModel):
             problem = (f"valid_until must be at most {MAX_VALIDITY_DAYS} days after valid_from "
                        f"({latest.isoformat()})")
         elif self.valid_until > LAST_VALID_DAY:  # only a default can get here: a given one is checked above
-            problem = (f"valid_until (valid_from + {DEFAULT_VALIDITY_DAYS} days) must not be after "
+            problem = (f"valid_until (valid_from + the default window) must not be after "
                        f"{LAST_VALID_DAY.isoformat()} (the last day the token's validity window can hold)")
+        elif rules and (limit := rules.limit(self.medication)).max_days < self.validity_days:
+            problem = (f"a prescription of {limit.kind} is valid at most {limit.max_days} days "
+                       f"(until {(self.valid_from + dt.timedelta(days=limit.max_days)).isoformat()})")
         if problem:
             raise _rule_error("PrescriptionOrder", [(("valid_until",), problem, self.valid_until)])
         return self
+
+
+    def with_window(self, valid_from: dt.date, valid_until: dt.date) -> PrescriptionOrder:
+        """The same order over another window, checked by the same rules (but not as input: a later
+        part of a therapy starts in the future, which input allows anyway)."""
+        data = self.model_dump() | {"valid_from": valid_from, "valid_until": valid_until}
+        return PrescriptionOrder.model_validate(data)
+
+    @property
+    def validity_days(self) -> int:
+        return (self.valid_until - self.valid_from).days
+
+
+class TherapyPart(BaseModel):
+    """Which part of a therapy a prescription is. A prescription on its own is part 1 of 1 of a therapy
+    whose id is its own prescription id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    therapy_id: PrescriptionId
+    part: int = Field(ge=1, le=MAX_THERAPY_PARTS)
+    parts: int = Field(ge=1, le=MAX_THERAPY_PARTS)
+
+    @model_validator(mode="after")
+    def _part_of_parts(self) -> TherapyPart:
+        if self.part > self.parts:
+            raise _rule_error("TherapyPart", [(("part",), f"part {self.part} of only {self.parts}", self.part)])
+        return self
+
+
+class TherapyPlan(BaseModel):
+    """A therapy in parts: the first part is the order as given, each further part starts `interval_days`
+    after the one before and is valid as long as the first."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    parts: int = Field(ge=2, le=MAX_THERAPY_PARTS, description="2-4 for a multi-part prescription, up to "
+                       f"{MAX_THERAPY_PARTS} for repeats at an interval")
+    interval_days: int = Field(ge=1, le=MAX_THERAPY_SPAN_DAYS,
+                               description="days from the start of one part to the start of the next")
+
+
+def therapy_orders(order: PrescriptionOrder, plan: TherapyPlan) -> list[PrescriptionOrder]:
+    """Each part's order: the same prescription over its own window. Raises a ValidationError located at
+    the plan's fields when the parts would end more than MAX_THERAPY_SPAN_DAYS after the first starts."""
+    length = dt.timedelta(days=order.validity_days)
+    starts = [order.valid_from + dt.timedelta(days=plan.interval_days * k) for k in range(plan.parts)]
+    last_end = starts[-1] + length
+    if last_end > order.valid_from + dt.timedelta(days=MAX_THERAPY_SPAN_DAYS) or last_end > LAST_VALID_DAY:
+        raise _rule_error("TherapyPlan", [(("interval_days",), (
+            f"the last part would be valid until {last_end.isoformat()}: a therapy ends at most "
+            f"{MAX_THERAPY_SPAN_DAYS} days after its first part starts ({order.valid_from.isoformat()})"),
+            plan.interval_days)])
+    return [order.with_window(start, start + length) for start in starts]
+
+
+def therapy_problem(orders: list[PrescriptionOrder]) -> str | None:
+    """Why these orders are no therapy (parts given one by one, e.g. from FHIR), or None: 2 to
+    MAX_THERAPY_PARTS parts of one prescription for one patient, within MAX_THERAPY_SPAN_DAYS."""
+    if not 2 <= len(orders) <= MAX_THERAPY_PARTS:
+        return f"a therapy has 2 to {MAX_THERAPY_PARTS} parts, not {len(orders)}"
+    first = orders[0]
+    same = {"patient_name", "patient_birth_date", "medication", "dosage_instructions", "substitution_allowed"}
+    for number, other in enumerate(orders[1:], start=2):
+        differing = sorted(f for f in same if getattr(other, f) != getattr(first, f))
+        if differing:
+            return f"part {number} differs from part 1 in {', '.join(differing)}: the parts of a therapy are one prescription"
+    start = min(o.valid_from for o in orders)
+    end = max(o.valid_until for o in orders)
+    if end > start + dt.timedelta(days=MAX_THERAPY_SPAN_DAYS):
+        return (f"the parts span {start.isoformat()} to {end.isoformat()}: at most {MAX_THERAPY_SPAN_DAYS} days")
+    return None
 
 
 class TokenRef(BaseModel):
@@ -311,6 +445,14 @@ class Prescription(BaseModel):
     prescriber: Prescriber
     issue_date: dt.date = Field(default_factory=dt.date.today)
     token: TokenRef
+    therapy: TherapyPart | None = Field(default=None, description="default: part 1 of 1 of its own therapy")
+    # the practice-signed code a representative (or a patient without a wallet) redeems with; it repeats
+    # the prescription and the token key (erx_schemas.paper), so it is never revealed in a proof
+    pickup_code: str = Field(default="", max_length=4000)
+
+    @property
+    def therapy_part(self) -> TherapyPart:
+        return self.therapy or TherapyPart(therapy_id=self.prescription_id, part=1, parts=1)
 
     def to_attributes(self) -> dict[str, str]:
         o, m = self.order, self.order.medication
@@ -325,15 +467,20 @@ class Prescription(BaseModel):
             "medication_form": m.form,
             "dosage_instructions": o.dosage_instructions,
             "quantity": o.quantity,
+            "substitution_allowed": int(o.substitution_allowed),
             "redemptions": o.redemptions,
             "valid_from": yyyymmdd(o.valid_from),
             "valid_until": yyyymmdd(o.valid_until),
             "prescriber_name": self.prescriber.name,
             "prescriber_id": self.prescriber.identifier,
             "issue_date": yyyymmdd(self.issue_date),
+            "therapy_id": self.therapy_part.therapy_id,
+            "therapy_part": self.therapy_part.part,
+            "therapy_parts": self.therapy_part.parts,
             "token_chain_id": self.token.chain_id,
             "token_contract": self.token.contract,
             "token_secret_key": self.token.secret_key.get_secret_value(),
+            "pickup_code": self.pickup_code,
         }
         assert list(values) == ATTRIBUTES
         return {k: str(v) for k, v in values.items()}
@@ -348,7 +495,16 @@ class PresentedPrescription(BaseModel):
     medication: Medication
     dosage_instructions: Text = Field(min_length=1, max_length=500)
     quantity: int = Field(ge=1, le=1000)
+    substitution_allowed: bool = True
     prescriber: Prescriber
+    therapy: TherapyPart
+
+
+def _attribute_flag(raw: dict[str, str], name: str) -> bool:
+    value = raw[name]
+    if value not in ("0", "1"):
+        raise ValueError(f"attribute {name} is not 0 or 1")
+    return value == "1"
 
 
 def _attribute_number(raw: dict[str, str], name: str) -> int:
@@ -392,7 +548,10 @@ class RevealedPrescription(PresentedPrescription):
                                   strength=raw["medication_strength"], form=raw["medication_form"]),
             dosage_instructions=raw["dosage_instructions"],
             quantity=_attribute_number(raw, "quantity"),
+            substitution_allowed=_attribute_flag(raw, "substitution_allowed"),
             prescriber=Prescriber(name=raw["prescriber_name"], identifier=raw["prescriber_id"]),
+            therapy=TherapyPart(therapy_id=raw["therapy_id"], part=_attribute_number(raw, "therapy_part"),
+                                parts=_attribute_number(raw, "therapy_parts")),
             token=TokenRef(chain_id=_attribute_number(raw, "token_chain_id"), contract=raw["token_contract"],
                            secret_key=SecretStr(raw["token_secret_key"])),
         )
@@ -402,6 +561,7 @@ class RefusalReason(StrEnum):
     UNTRUSTED_ISSUER = "untrusted_issuer"
     REVOKED = "revoked"
     EXPIRED = "expired"
+    NOT_YET_VALID = "not_yet_valid"  # e.g. a later part of a therapy, before its window opens
     ALREADY_REDEEMED = "already_redeemed"
     CANCELLED = "cancelled"
     UNKNOWN_TOKEN = "unknown_token"
@@ -415,7 +575,9 @@ class RefusalReason(StrEnum):
 REFUSAL_TEXT: dict[RefusalReason, str] = {
     RefusalReason.UNTRUSTED_ISSUER: "the prescription was not issued by a prescriber this pharmacy trusts",
     RefusalReason.REVOKED: "the prescriber revoked this prescription",
-    RefusalReason.EXPIRED: "the prescription is not valid today (expired or not yet valid)",
+    RefusalReason.EXPIRED: "the prescription is no longer valid (its validity window has ended)",
+    RefusalReason.NOT_YET_VALID: "the prescription is not valid yet (a later part of a therapy: its window has not "
+                                 "opened)",
     RefusalReason.ALREADY_REDEEMED: "the prescription has already been redeemed as often as allowed",
     RefusalReason.CANCELLED: "the prescription's redemption token was cancelled by its prescriber",
     RefusalReason.UNKNOWN_TOKEN: "the prescription's key does not match any redemption token",

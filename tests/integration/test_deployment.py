@@ -24,6 +24,7 @@ from erx_cli.launch import SetupError
 from erx_cli.org import Organisation, OrgSettings, Storage
 from erx_cli.system import LocalSystem
 from erx_core.processes import free_port
+from erx_core.staff import dev_person
 from erx_roles.scenario import Scenario, sample_order
 
 pytestmark = pytest.mark.integration
@@ -40,6 +41,9 @@ class Homes:
 
     def operator_token(self, name: str):
         return self.orgs[name].operator_token()
+
+    def staff_member(self, name: str) -> str | None:
+        return dev_person(self.orgs[name].settings.role)
 
 
 def _ports(n: int) -> list[int]:

@@ -76,8 +76,9 @@ class FaultApiError(ControllerApiError):
 class RecordingClient(ControllerClient):
     """A controller client that records every 4xx/5xx it is answered (with its Retry-After)."""
 
-    def __init__(self, name: str, base_url: str, api_key: SecretStr, log: list[ErrorAnswer]):
-        super().__init__(base_url, api_key, timeout_s=150.0)
+    def __init__(self, name: str, base_url: str, api_key: SecretStr, log: list[ErrorAnswer],
+                 on_behalf_of: str | None = None):
+        super().__init__(base_url, api_key, timeout_s=150.0, on_behalf_of=on_behalf_of)
         self.name, self.log = name, log
 
     async def request(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
@@ -98,7 +99,8 @@ class Faults(Scenario):
         self.errors: list[ErrorAnswer] = []
         for agent in network.settings.agents:
             self.clients[agent.name] = RecordingClient(agent.name, network.controller_url(agent.name),
-                                                       network.operator_token(agent.name), self.errors)
+                                                       network.operator_token(agent.name), self.errors,
+                                                       on_behalf_of=network.staff_member(agent.name))
         self.connection_id = ""
         self.prescriptions_before: set[str] = set()
         self.checks_before: dict[str, set[str]] = {}

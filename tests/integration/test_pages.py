@@ -89,16 +89,26 @@ async def shot(page, name: str) -> None:
     await page.screenshot(path=SHOTS / f"{name}.png", full_page=True)
 
 
-async def sign_in(context, network: Network, agent: str, shot_name: str | None = None):
+async def sign_in(context, network: Network, agent: str, shot_name: str | None = None, username: str | None = None,
+                  password: str | None = None):
+    """Sign in to an agent's page: an organisation's as a staff member (by default its dev person: the
+    prescriber, the pharmacist), the wallet's with its one password."""
     page = await context.new_page()
     await page.goto(network.page_url(agent))
     await expect(page).to_have_url(re.compile(r"/login"))
     if shot_name:
         await shot(page, shot_name)
-    password = network.org(agent).secrets.page_password(agent, network.settings.agent(agent).role).get_secret_value()
+    if network.settings.agent(agent).role == "patient":
+        password = network.org(agent).secrets.page_password(agent).get_secret_value()
+    else:
+        username = username or network.staff_member(agent)
+        password = password or network.staff_password(agent, username).get_secret_value()
+        await page.fill("#f-username", username)
     await page.fill("#f-password", password)
     await page.click("#sign-in button[type=submit]")
     await expect(page.locator("#live-state")).to_have_text("live")  # signed in, live updates connected
+    if username:  # the header says who is signed in
+        await expect(page.locator("#signed-in-as")).to_have_attribute("data-username", username)
     return page
 
 
@@ -156,7 +166,7 @@ async def test_status_lists_the_pages(network: Network):
                 assert resp.status == 200 and "Sign in" in await resp.text()
 
 
-async def test_the_whole_flow_through_the_pages(network: Network, wallet_agent: str, context):
+async def test_the_whole_flow_through_the_pages(network: Network, wallet_agent: str, browser, context):
     today = dt.date.today()
     # -- the doctor connects the patient's wallet ------------------------------------------------------
     doctor = await sign_in(context, network, DOCTOR, "01-doctor-sign-in")
@@ -223,16 +233,25 @@ async def test_the_whole_flow_through_the_pages(network: Network, wallet_agent: 
     cred_def_id = (await doctor.locator("#cred-def-id").text_content()).strip()
     await shot(doctor, "11-doctor-issued")
 
-    # -- the pharmacy trusts the practice (bad input first) ------------------------------------------------------
-    pharmacy = await sign_in(context, network, PHARMACY, "12-pharmacy-sign-in")
-    await pharmacy.fill("#f-cred_def_id", "not-a-credential-definition")
-    await pharmacy.click("#add-trusted")
-    await expect(pharmacy.locator("[data-error-for=cred_def_id]")).to_contain_text("not a credential definition id")
-    await shot(pharmacy, "13-pharmacy-trusted-form-error")
-    await pharmacy.fill("#f-cred_def_id", cred_def_id)
-    await pharmacy.fill("#f-label", network.settings.agent(DOCTOR).label)
-    await pharmacy.click("#add-trusted")
+    # -- the pharmacy's operator trusts the practice (bad input first) -----------------------------------------------
+    operator_context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        admin = await sign_in(operator_context, network, PHARMACY, "12-pharmacy-operator-sign-in", username="operator")
+        await expect(admin).to_have_url(re.compile(r"/staff$"))  # an operator sees no patient's data
+        await admin.click("a[href='/trusted']")
+        await admin.fill("#f-cred_def_id", "not-a-credential-definition")
+        await admin.click("#add-trusted")
+        await expect(admin.locator("[data-error-for=cred_def_id]")).to_contain_text("not a credential definition id")
+        await shot(admin, "13-pharmacy-trusted-form-error")
+        await admin.fill("#f-cred_def_id", cred_def_id)
+        await admin.fill("#f-label", network.settings.agent(DOCTOR).label)
+        await admin.click("#add-trusted")
+        await expect(admin.locator(f"#trusted tr[data-cred-def-id='{cred_def_id}']")).to_have_count(1)
+    finally:
+        await operator_context.close()
+    pharmacy = await sign_in(context, network, PHARMACY)  # the pharmacist: sees the list, cannot change it
     await expect(pharmacy.locator(f"#trusted tr[data-cred-def-id='{cred_def_id}']")).to_have_count(1)
+    await expect(pharmacy.locator("#add-trusted")).to_have_count(0)
 
     # -- the pharmacy asks by QR code, the holder approves, the pharmacy dispenses ---------------------------------
     async def present(first_shot: int):
@@ -269,6 +288,11 @@ async def test_the_whole_flow_through_the_pages(network: Network, wallet_agent: 
     dispensed = pharmacy.locator(".check-state[data-state=dispensed]")
     await expect(dispensed).to_contain_text("0 redemption(s) left")
     await shot(pharmacy, "18-pharmacy-dispensed")
+    # the printable signed receipt (a connectionless check has no wallet to send it to)
+    receipt_href = await dispensed.locator("#receipt-pdf").get_attribute("href")
+    receipt_pdf = await pharmacy.context.request.get(pharmacy.url.split("/checks/")[0] + receipt_href)
+    assert receipt_pdf.ok and receipt_pdf.headers["content-type"] == "application/pdf"
+    assert (await receipt_pdf.body()).startswith(b"%PDF")
 
     # -- a second redemption is refused, on the page, with its reason ------------------------------------------------
     await pharmacy.click("#next-check")
@@ -312,7 +336,50 @@ async def test_the_whole_flow_through_the_pages(network: Network, wallet_agent: 
     async with network.admin(WALLET) as admin:
         token_keys = [c.attrs["token_secret_key"] for c in await admin.credentials()]
     secrets = [network.operator_token(a).get_secret_value() for a in (DOCTOR, PHARMACY, WALLET)]
+    secrets += [network.staff_password(a, m.username).get_secret_value() for a in (DOCTOR, PHARMACY)
+                for m in network.org(a).dev_staff()]
     secrets += [network.org(a).secrets.session_key(a).get_secret_value() for a in (DOCTOR, PHARMACY, WALLET)]
     for page in (doctor, wallet, pharmacy):
         html = await page.content()
         assert token_keys and not any(s in html for s in secrets + token_keys)
+
+
+async def test_staff_and_the_audit_log_through_the_pages(network: Network, browser, context):
+    """A practice's operator adds an assistant (the password shown once); the assistant signs in, may not
+    issue, and is refused with the reason; the operator disables the account, which ends the assistant's
+    session at once; the audit log shows who did what."""
+    operator = await sign_in(context, network, DOCTOR, username="operator")
+    await expect(operator).to_have_url(re.compile(r"/staff$"))
+    username = f"ada{dt.datetime.now():%H%M%S}"
+    await operator.fill("#f-username", username)
+    await operator.fill("#f-display_name", "Ada Assistant")
+    await operator.select_option("#f-role", "assistant")
+    await operator.click("#add-member")
+    password = (await operator.locator("#secret").text_content()).strip()
+    await shot(operator, "27-doctor-operator-added-staff")
+    assert len(password) >= 16
+
+    assistant_context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        assistant = await sign_in(assistant_context, network, DOCTOR, username=username, password=password)
+        await assistant.click("#issue")  # an assistant may connect and see, not issue
+        await expect(assistant.locator(".reason[data-status='403']")).to_contain_text("An assistant may not issue")
+        await shot(assistant, "28-doctor-assistant-refused")
+
+        row = operator.locator(f"#staff tr[data-username='{username}']")
+        await row.locator("button.disable").click()
+        await expect(operator.locator(f"#staff tr[data-username='{username}']")).to_have_attribute(
+            "data-disabled", "true")
+        await assistant.goto(network.page_url(DOCTOR))
+        await expect(assistant).to_have_url(re.compile(r"/login"))  # the session ended at once
+    finally:
+        await assistant_context.close()
+
+    await operator.click("a[href='/audit']")
+    log = operator.locator("#audit tbody")
+    await expect(log.locator(f"tr[data-action='issued'][data-username='{username}'][data-outcome='refused']")) \
+        .to_have_count(1)
+    await expect(log.locator("tr[data-action='issued'][data-username='prescriber'][data-outcome='ok']").first) \
+        .to_be_visible()
+    await expect(log.locator("tr[data-action='staff-disabled']").first).to_contain_text(username)
+    await shot(operator, "29-doctor-audit-log")

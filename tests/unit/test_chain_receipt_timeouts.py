@@ -24,6 +24,7 @@ from erx_roles.http import http_error
 from erx_roles.pharmacy import CheckState, PharmacyService, StoredCheck
 from erx_roles.scenario import sample_order
 from erx_schemas.prescription import PrescriptionOrder
+from tests.support import LocalSigner
 
 TX, RAW = "0x" + "ab" * 32, "0xf86c"
 
@@ -52,7 +53,8 @@ async def test_a_doctor_create_without_receipt_stays_pending_never_failed(tmp_pa
     async def send_offer(*_, **__):
         return SimpleNamespace(cred_ex_id="ex1")
 
-    ctx = SimpleNamespace(store=store, bus=EventBus(), admin=SimpleNamespace(connection=connection, send_offer=send_offer),
+    ctx = SimpleNamespace(store=store, bus=EventBus(), admin=SimpleNamespace(connection=connection, send_offer=send_offer,
+                                                                     sign_jws=LocalSigner().sign_jws),
                           outbox=Outbox(store, "doctor", WebhookSettings()), chain=SlowChain(),
                           config=SimpleNamespace(offers=OfferSettings(), label="Dr Test"))
     service = DoctorService(ctx)

@@ -14,6 +14,7 @@ from erx_cli.launch import SetupError
 from erx_cli.org import Organisation, OrgSettings, Storage
 from erx_core.config import AgentLink, ControllerConfig, StoreLocation
 from erx_core.descriptor import AuthorityRef, EvmChainRef, IndyNetworkRef, NetworkDescriptor
+from erx_core.staff import StaffSeed
 from erx_roles.dispensing import Override, issuer_did, trusted
 
 DID = "Th7MpTaRZVRYnPiabds81Y"
@@ -81,8 +82,13 @@ def test_an_organisation_home_holds_its_own_keys_and_a_public_join_request(tmp_p
     names = set(json.loads((org.home / "secrets.json").read_text()))
     assert all(name.endswith(":clinic") for name in names)
     assert {"seed:clinic", "wallet-key:clinic", "admin-api-key:clinic", "webhook-key:clinic",
-            "controller-api-key:clinic", "staff-password:clinic", "session-key:clinic",
-            "chain-keystore-password:clinic"} <= names
+            "controller-api-key:clinic", "staff-password:prescriber:clinic", "staff-password:operator:clinic",
+            "session-key:clinic", "chain-keystore-password:clinic"} <= names
+    assert "wallet-password:clinic" not in names  # staff sign in as themselves
+    seeded = org.staff_seeds()
+    assert [(s.username, s.role) for s in seeded] == [("prescriber", "prescriber"), ("operator", "operator")]
+    assert seeded[0].password.get_secret_value() == json.loads((org.home / "secrets.json").read_text())[
+        "staff-password:prescriber:clinic"]
 
 
 def test_a_patient_wallet_has_no_join_request(tmp_path):
@@ -119,13 +125,15 @@ def test_a_controller_configuration_is_written_for_its_owner_only_and_round_trip
         name="clinic", role="doctor", label="Clinic", port=18022, public_url="http://127.0.0.1:18022",
         agent=AgentLink(admin_url="http://127.0.0.1:18021", admin_api_key=SecretStr("k" * 32),
                         webhook_key=SecretStr("w" * 32)),
-        operator_token=SecretStr("t" * 32), page_password=SecretStr("p" * 16), session_key=SecretStr("s" * 44),
+        operator_token=SecretStr("t" * 32), session_key=SecretStr("s" * 44),
+        staff=[StaffSeed(username="anna", display_name="Dr. Anna", role="prescriber", professional_id="1",
+                         password=SecretStr("p" * 16))],
         store=StoreLocation(sqlite_file=tmp_path / "controller.db"))
     path = tmp_path / "controller.json"
     config.save(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert ControllerConfig.load(path) == config
-    assert "k" * 32 not in repr(config), "secrets must not show in logs"
+    assert "k" * 32 not in repr(config) and "p" * 16 not in repr(config), "secrets must not show in logs"
     with pytest.raises(ValidationError):  # nothing but what a controller needs
         ControllerConfig.model_validate(json.loads(path.read_text()) | {"network": {}})
 

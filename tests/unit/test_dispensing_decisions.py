@@ -152,7 +152,7 @@ def test_a_proof_that_does_not_verify_is_revoked_only_if_the_chain_says_cancelle
     (live(exists=False), RefusalReason.UNKNOWN_TOKEN),
     (live(cancelled=True), RefusalReason.CANCELLED),
     (live(remaining=0), RefusalReason.ALREADY_REDEEMED),
-    (live(not_before=NOW + 1), RefusalReason.EXPIRED),
+    (live(not_before=NOW + 1), RefusalReason.NOT_YET_VALID),
     (live(not_after=NOW - 1), RefusalReason.EXPIRED),
 ])
 def test_token_reasons(chain, reason):
@@ -172,6 +172,7 @@ def test_the_validity_window_edges_are_inclusive():
     ("abandoned: declined by the wallet's user", RefusalReason.DECLINED),
     ("abandoned: Request declined", RefusalReason.DECLINED),
     ("abandoned: predicate not satisfied: valid_until >= 20261201", RefusalReason.EXPIRED),
+    ("predicate not satisfied: valid_from <= 20261201", RefusalReason.NOT_YET_VALID),
     ("abandoned: the wallet could not create the presentation: boom", RefusalReason.INVALID_PRESENTATION),
     (None, RefusalReason.INVALID_PRESENTATION),
 ])

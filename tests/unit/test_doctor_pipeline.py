@@ -7,8 +7,11 @@ without a receipt stays pending and is finished from the journal, also by a rest
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from types import SimpleNamespace
+
+import pytest
 
 from erx_contracts.client import TokenSpec, TokenStatus, TxResult
 from erx_contracts.errors import ReceiptTimeout, TransactionDropped, TransactionReverted, UnknownToken
@@ -20,8 +23,11 @@ from erx_core.webhooks import Outbox, WebhookSettings
 from erx_roles.context import wire
 from erx_roles.doctor import ISSUE_TOPIC, UNFINISHED_CREATE_AFTER_S, DoctorService, PrescriptionState
 from erx_roles.doctor.models import TokenState
+from erx_roles.errors import Unavailable
 from erx_roles.scenario import sample_order
-from erx_schemas.prescription import PrescriptionOrder
+from erx_schemas import paper, signed
+from erx_schemas.prescription import PrescriptionOrder, TherapyPlan, therapy_orders
+from tests.support import LocalSigner
 
 
 class FakeChain:
@@ -80,6 +86,8 @@ class FakeChain:
 
 
 class FakeAdmin:
+    sign_jws = LocalSigner().sign_jws
+
     def __init__(self):
         self.offers: dict[str, CredentialExchange] = {}
         self.reported: list[str] = []
@@ -340,3 +348,60 @@ async def test_an_issuance_killed_before_its_offer_with_a_journaled_create_is_se
     assert after.state == PrescriptionState.FAILED and "cancelled" in after.error
     assert after.token_state == TokenState.CREATED
     assert await service.settle_pending_tokens() == [] and chain.cancelled == [token], "settled once"
+
+
+# -- therapies and paper (issue 15) ---------------------------------------------------------------------
+
+async def test_a_therapys_parts_are_offered_at_once_and_their_tokens_go_in_one_batch(tmp_path):
+    service, admin, chain, _ = doctor(tmp_path)
+    parts = therapy_orders(order(), TherapyPlan(parts=3, interval_days=28))
+    records = await asyncio.wait_for(service.issue_therapy("conn", parts), 5)
+    assert [(r.part, r.parts, r.state) for r in records] == [(k, 3, PrescriptionState.OFFERED) for k in (1, 2, 3)]
+    assert len({r.therapy_id for r in records}) == 1 and len(chain.sent) == 1 and len(chain.sent[0]) == 3
+    assert [r.order.valid_from for r in service.therapy(records[0].therapy_id)] == [p.valid_from for p in parts]
+    chain.mine()
+    await settled(service)
+
+
+async def test_a_paper_prescription_is_returned_once_its_token_is_mined_with_a_code_the_practice_signed(tmp_path):
+    service, admin, chain, outbox = doctor(tmp_path)
+    signer = LocalSigner()
+    service.ctx.admin.sign_jws = signer.sign_jws
+    printing = asyncio.create_task(service.issue_paper([order()]))
+    await asyncio.sleep(0.05)
+    assert not printing.done(), "nothing to print before the token exists"
+    chain.mine()
+    ((record, code, text),) = await asyncio.wait_for(printing, 5)
+    assert record.state == PrescriptionState.ISSUED and record.channel == "paper" and record.token_state == "created"
+    opened = paper.open_pickup_code(paper.parse_pickup_code(text), signer.verkey)
+    assert opened == code and opened.channel == "paper" and opened.token.address == record.token_address
+    assert code.token.secret_key.get_secret_value() not in service.records.get(record.prescription_id).model_dump_json()
+    assert events(outbox) == ["prescription.issued"]
+
+
+async def test_a_paper_prescription_whose_token_fails_prints_nothing(tmp_path):
+    service, _, chain, _ = doctor(tmp_path)
+    chain.outcome = TransactionReverted("0x1")
+    chain.mine()
+    with pytest.raises(Unavailable):
+        await service.issue_paper([order()])
+    (record,) = service.records.all()
+    assert record.state == PrescriptionState.FAILED and "nothing was printed" in record.error
+
+
+async def test_a_wallet_prescription_carries_its_pickup_code_for_a_representative(tmp_path):
+    service, admin, chain, _ = doctor(tmp_path)
+    sent = {}
+
+    async def send_offer(connection_id, cred_def_id, attributes, comment=None):
+        sent.update(attributes)
+        return await FakeAdmin.send_offer(admin, connection_id, cred_def_id, attributes, comment)
+
+    admin.send_offer = send_offer
+    record = await service.issue("conn", order())
+    code = paper.PickupCode.from_payload(json.loads(signed.b64url_decode(
+        paper.parse_pickup_code(sent["pickup_code"]).split(".")[1], "payload")))
+    assert code.channel == "wallet" and code.prescription_id == record.prescription_id
+    assert code.token.secret_key.get_secret_value() == sent["token_secret_key"]
+    chain.mine()
+    await settled(service)

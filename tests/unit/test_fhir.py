@@ -5,6 +5,7 @@ import datetime as dt
 import json
 import pickle
 import secrets
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,7 +18,7 @@ from erx_schemas import fhir
 from erx_schemas.fhir import (FhirMappingError, FhirProblem, medication_dispense, medication_request_from_order,
                               order_from_medication_request)
 from erx_schemas.prescription import (CODE_SYSTEMS, Medication, Prescriber, PrescriptionOrder, PresentedPrescription,
-                                      RevealedPrescription, TokenRef)
+                                      RevealedPrescription, TherapyPart, TherapyPlan, TokenRef, therapy_orders)
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "fhir" / "medication-request-ibuprofen.json"
 PATIENT, MEDICATION = 0, 1  # positions in the fixture's `contained`
@@ -167,8 +168,12 @@ REJECTIONS = [
     ("cancelled", edit(lambda r: r.update(status="cancelled")), "MedicationRequest.status"),
     ("proposal", edit(lambda r: r.update(intent="proposal")), "MedicationRequest.intent"),
     ("doNotPerform", edit(lambda r: r.update(doNotPerform=True)), "MedicationRequest.doNotPerform"),
-    ("no substitution", edit(lambda r: r.update(substitution={"allowedBoolean": False})),
-     "MedicationRequest.substitution.allowedBoolean"),
+    ("substitution as a concept", edit(lambda r: r.update(substitution={"allowedCodeableConcept": {"text": "G"}})),
+     "MedicationRequest.substitution.allowedCodeableConcept"),
+    ("a lone part of a therapy", edit(lambda r: r.update(extension=[{
+        "url": "urn:erx:fhir:extension:therapy-part",
+        "extension": [{"url": "part", "valuePositiveInt": 2}, {"url": "parts", "valuePositiveInt": 3}]}])),
+     "MedicationRequest.extension"),
     ("note", edit(lambda r: r.update(note=[{"text": "patient is pregnant"}])), "MedicationRequest.note"),
     ("dispenseInterval", edit(lambda r: r["dispenseRequest"].update(dispenseInterval={"value": 7, "unit": "d"})),
      "MedicationRequest.dispenseRequest.dispenseInterval"),
@@ -398,6 +403,7 @@ def revealed() -> RevealedPrescription:
         patient_birth_date=dt.date(1964, 8, 12),
         medication=Medication(name="Ibuprofen", code="M01AE01", code_system="ATC", strength="400 mg", form="tablet"),
         dosage_instructions="1-0-1", quantity=20, prescriber=PRESCRIBER,
+        therapy=TherapyPart(therapy_id="5f0c7a3e-1d2b-4c6a-9e8f-0a1b2c3d4e5f", part=1, parts=1),
         token=TokenRef(chain_id=1337, contract="0x" + "cd" * 20, secret_key=SecretStr(SECRET_KEY)))
 
 
@@ -484,4 +490,58 @@ def test_dispensed_prescription_is_revealed_prescription_without_token():
 
 def test_public_surface_is_exactly_the_mapping():
     assert sorted(fhir.__all__) == ["FhirMappingError", "FhirProblem", "medication_dispense",
-                                    "medication_request_from_order", "order_from_medication_request"]
+                                    "medication_request_from_order", "order_from_medication_request",
+                                    "orders_from_therapy_requests"]
+
+
+# -- substitution and therapies in parts -------------------------------------------------------------
+
+def test_substitution_not_allowed_is_carried_both_ways():
+    order = ROUND_TRIP_ORDERS[0].model_copy(update={"substitution_allowed": False})
+    resource = medication_request_from_order(order, prescription_id="5f0c7a3e-1d2b-4c6a-9e8f-0a1b2c3d4e5f",
+                                             prescriber=PRESCRIBER)
+    assert resource["substitution"] == {"allowedBoolean": False}
+    assert order_from_medication_request(resource).substitution_allowed is False
+
+
+def _therapy_resources(parts: int = 3, interval: int = 30) -> list[dict]:
+    first = ROUND_TRIP_ORDERS[0]
+    orders = therapy_orders(first, TherapyPlan(parts=parts, interval_days=interval))
+    therapy_id = "7c1d2e3f-4a5b-4c6d-8e9f-0a1b2c3d4e5f"
+    return [medication_request_from_order(o, prescription_id=str(uuid.uuid4()), prescriber=PRESCRIBER,
+                                          therapy=TherapyPart(therapy_id=therapy_id, part=k, parts=parts))
+            for k, o in enumerate(orders, start=1)]
+
+
+def test_therapy_parts_round_trip_in_part_order_whatever_the_list_order():
+    resources = _therapy_resources()
+    assert {r["groupIdentifier"]["value"] for r in resources} == {"7c1d2e3f-4a5b-4c6d-8e9f-0a1b2c3d4e5f"}
+    orders = fhir.orders_from_therapy_requests(list(reversed(resources)))
+    starts = [o.valid_from for o in orders]
+    assert starts == sorted(starts) and len(set(starts)) == 3
+    assert [o.valid_from for o in orders] == [dt.date.fromisoformat(r["dispenseRequest"]["validityPeriod"]["start"])
+                                             for r in resources]
+
+
+@pytest.mark.parametrize("spoil, path", [
+    (lambda rs: rs[:1], "MedicationRequest.extension"),  # part 1 of 3 alone
+    (lambda rs: [{k: v for k, v in rs[0].items() if k not in ("extension", "groupIdentifier")}],
+     "MedicationRequest"),  # one request is no therapy
+    (lambda rs: [rs[0], rs[0], rs[2]], "MedicationRequest.extension"),  # part 1 twice, part 2 missing
+    (lambda rs: [rs[0], rs[1], {**rs[2], "groupIdentifier": {"system": "urn:erx:therapy-id", "value": "x"}}],
+     "MedicationRequest.groupIdentifier"),
+    (lambda rs: [rs[0], rs[1], {**rs[2], "status": "draft"}], "MedicationRequest[2].status"),
+])
+def test_a_broken_therapy_is_refused_at_the_element(spoil, path):
+    with pytest.raises(FhirMappingError) as err:
+        fhir.orders_from_therapy_requests(spoil(_therapy_resources()))
+    assert path in [p.path for p in err.value.problems]
+
+
+def test_parts_of_a_therapy_are_one_prescription():
+    resources = _therapy_resources(parts=2)
+    other = copy.deepcopy(resources[1])
+    other["contained"][0]["name"] = [{"text": "Somebody Else"}]
+    with pytest.raises(FhirMappingError) as err:
+        fhir.orders_from_therapy_requests([resources[0], other])
+    assert "patient_name" in str(err.value)

@@ -16,6 +16,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
 from erx_core.acapy_admin import ConnectionRecord
+from erx_core.audit import AuditLog
+from erx_core.staff import StaffCreate, StaffDirectory
 from erx_core.events import EventBus
 from erx_core.secrets import new_fernet_key
 from erx_core.store import Store
@@ -25,14 +27,19 @@ from erx_roles.http import api_middlewares
 from erx_roles.integrators import Integrators
 from erx_roles.invitations import ShortLinks, decode_invitation, qr_svg
 from erx_roles.pages.doctor import DoctorPages, issue_request_from_form
+from erx_roles.pages.staff import StaffPages
+from erx_roles.acting import watch
 from erx_roles.pages.web import PageConfig, setup_pages
 from erx_roles.patient import disclosed, predicate_statement
+from erx_schemas.prescription import PrescribingRules
 
 PASSWORD = "correct horse battery"
+ASSISTANT_PASSWORD, OPERATOR_PASSWORD = "assistant secret 1", "operator secret 1"
 API_KEY = "api-key-never-in-a-page"
 SESSION_KEY = new_fernet_key()
 CONNECTION = "0b7e6a2c-5a1d-4c4e-9f00-2a6f3f1c9d10"
-GONE = "9d9d9d9d-0000-4000-8000-000000000000"  # a well-formed connection the agent does not know
+GONE = "9d9d9d9d-0000-4000-8000-000000000000"
+ISSUED = "00000000-0000-4000-8000-000000000001"  # the prescription the fake practice issues  # a well-formed connection the agent does not know
 INVITATION = {"@type": "https://didcomm.org/out-of-band/1.1/invitation", "@id": "inv-1", "label": "Test Doctor"}
 INVITATION_URL = "http://127.0.0.1:9/?oob=" + base64.urlsafe_b64encode(json.dumps(INVITATION).encode()).decode().rstrip("=")
 
@@ -88,17 +95,19 @@ class FakeDoctor:
     """What the doctor's page uses of DoctorService."""
 
     def __init__(self, store: Store):
-        self.ctx = SimpleNamespace(admin=FakeAdmin(), config=SimpleNamespace(name="doctor", label="Dr. Test"),
+        self.ctx = SimpleNamespace(admin=FakeAdmin(), config=SimpleNamespace(name="doctor", label="Dr. Test", prescribing=PrescribingRules()),
                                    store=store)
         self.records = store.table("prescription", IssuedPrescription)
         self.cred_def_id = "Th7MpTaRZVRYnPiabds81Y:3:CL:12:prescription"
         self.issued: list = []
+        self.prescribers: list = []
 
-    async def issue(self, connection_id, order):
+    async def issue(self, connection_id, order, prescriber=None):
         if connection_id == GONE:
             raise NotFound(f"no connection {connection_id}")
         self.issued.append(order)
-        return self.records.put("p1", IssuedPrescription(prescription_id="p1", connection_id=connection_id,
+        self.prescribers.append(prescriber)
+        return self.records.put(ISSUED, IssuedPrescription(prescription_id=ISSUED, connection_id=connection_id,
                                                          state=PrescriptionState.OFFERED, order=order,
                                                          token_address="0x" + "00" * 20))
 
@@ -110,16 +119,24 @@ class FakeDoctor:
 async def client(tmp_path: Path):
     store = Store(tmp_path / "doctor.db")
     service = FakeDoctor(store)
+    watch(service, "issue")  # as serve.build_app does: page actions are recorded with what they concerned
     bus = EventBus()
     app = web.Application(middlewares=api_middlewares(Integrators(store, SecretStr(API_KEY)).authenticate))
-    config = PageConfig(agent="doctor", role="doctor", title="Dr. Test", password=SecretStr(PASSWORD))
-    live = setup_pages(app, config, SecretStr(SESSION_KEY), bus)
+    config = PageConfig(agent="doctor", role="doctor", title="Dr. Test")
+    staff = StaffDirectory(store, "doctor")
+    staff.add(StaffCreate(username="anna", display_name="Dr. Anna Schmidt", role="prescriber",
+                          professional_id="123456789"), PASSWORD)
+    staff.add(StaffCreate(username="ben", display_name="Ben Assistant", role="assistant"), ASSISTANT_PASSWORD)
+    staff.add(StaffCreate(username="olga", display_name="Olga Operator", role="operator"), OPERATOR_PASSWORD)
+    audit = AuditLog(store)
+    live = setup_pages(app, config, SecretStr(SESSION_KEY), bus, staff=staff, audit=audit)
+    app.add_routes(StaffPages(staff, audit).routes())
     links = ShortLinks(store, "http://127.0.0.1:1")
     service.ctx.links = links
     app.add_routes(links.routes())
     app.add_routes(DoctorPages(service, links, live).routes())
     async with TestClient(TestServer(app)) as c:
-        c.service, c.links = service, links
+        c.service, c.links, c.staff, c.audit = service, links, staff, audit
         yield c
     store.close()
 
@@ -128,12 +145,12 @@ def csrf_of(html: str) -> str:
     return re.search(r'name="_csrf" value="([^"]+)"', html).group(1)
 
 
-async def sign_in(c: TestClient) -> str:
+async def sign_in(c: TestClient, username: str = "anna", password: str = PASSWORD, landing: str = "/") -> str:
     page = await (await c.get("/login")).text()
-    r = await c.post("/login", data={"password": PASSWORD, "_csrf": csrf_of(page), "next": "/"},
-                     allow_redirects=False)
-    assert r.status == 303 and r.headers["Location"] == "/"
-    return csrf_of(await (await c.get("/")).text())
+    r = await c.post("/login", data={"username": username, "password": password, "_csrf": csrf_of(page),
+                                     "next": "/"}, allow_redirects=False)
+    assert r.status == 303 and r.headers["Location"] == landing
+    return csrf_of(await (await c.get(landing)).text())
 
 
 async def test_pages_need_sign_in_and_the_session_cookie_is_strict(client: TestClient):
@@ -147,14 +164,14 @@ async def test_pages_need_sign_in_and_the_session_cookie_is_strict(client: TestC
     assert (await client.get("/fragments/prescriptions")).status == 401
     assert (await client.get("/events")).status == 401
 
-    r = await client.post("/login", data={"password": "guess", "_csrf": csrf_of(await r.text())})
-    assert r.status == 401 and "wrong password" in await r.text()
+    r = await client.post("/login", data={"username": "anna", "password": "guess", "_csrf": csrf_of(await r.text())})
+    assert r.status == 401 and "wrong username or password" in await r.text()
     await sign_in(client)
     assert (await client.get("/", allow_redirects=False)).status == 200
 
 
 async def test_every_post_needs_the_sessions_csrf_token(client: TestClient):
-    r = await client.post("/login", data={"password": PASSWORD})  # login CSRF too
+    r = await client.post("/login", data={"username": "anna", "password": PASSWORD})  # login CSRF too
     assert r.status == 403
     csrf = await sign_in(client)
     for data in (good_form(), good_form(_csrf="forged")):
@@ -184,8 +201,9 @@ async def test_bad_form_input_gets_field_level_messages_never_a_500(client: Test
 async def test_no_secret_is_rendered_into_a_page(client: TestClient):
     await sign_in(client)
     html = "".join([await (await client.get(p)).text() for p in ("/", "/login", "/fragments/prescriptions")])
-    for secret in (PASSWORD, API_KEY, SESSION_KEY):
+    for secret in (PASSWORD, ASSISTANT_PASSWORD, OPERATOR_PASSWORD, API_KEY, SESSION_KEY):
         assert secret not in html
+    assert client.staff.get("anna").password_hash not in html
 
 
 async def test_short_links_resolve_to_the_invitation_and_serve_its_qr_code(client: TestClient):

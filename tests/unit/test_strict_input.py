@@ -27,7 +27,7 @@ TODAY = dt.date.today()
 @pytest.fixture(autouse=True)
 def same_day(monkeypatch):
     """The rules' "today" is the day this module computed its dates on: a run may cross midnight."""
-    monkeypatch.setattr("erx_roles.http.input_context", lambda: input_context(TODAY))
+    monkeypatch.setattr("erx_roles.http.input_context", lambda rules=None: input_context(TODAY, rules))
 ORDER = {"patient_name": "Erika Mustermann", "patient_birth_date": "1964-08-12",
          "medication": {"name": "Ibuprofen", "code": "M01AE01", "code_system": "ATC", "strength": "400 mg",
                         "form": "tablet"},

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from erx_core.ids import RecordId
-from erx_schemas.prescription import PrescriptionOrder
+from erx_schemas.prescription import Prescriber, PrescriptionOrder, TherapyPart, TherapyPlan
 
 
 class PrescriptionState(StrEnum):
@@ -20,6 +20,13 @@ class PrescriptionState(StrEnum):
     DECLINED = "declined"
     REVOKED = "revoked"
     FAILED = "failed"
+
+
+class Channel(StrEnum):
+    """How the prescription reaches the patient."""
+
+    WALLET = "wallet"  # an AnonCreds credential offered to the patient's connected wallet
+    PAPER = "paper"  # a printed page with the practice-signed pickup code (erx_schemas.paper)
 
 
 class TokenState(StrEnum):
@@ -36,9 +43,15 @@ class IssuedPrescription(BaseModel):
     """The practice's own record of a prescription (it is the practice's patient file, not the chain)."""
 
     prescription_id: str
-    connection_id: str
+    connection_id: str  # "" for a paper prescription
+    channel: Channel = Channel.WALLET
     state: PrescriptionState
     order: PrescriptionOrder
+    prescriber: Prescriber | None = None  # who prescribed it (records from before staff accounts: the practice)
+    # a therapy in parts (None: a prescription on its own, part 1 of 1 of its own therapy)
+    therapy_id: str | None = None
+    part: int = 1
+    parts: int = 1
     token_address: str
     token_tx: str | None = None  # the create's transaction (a createBatch shared with other prescriptions)
     # records from before the pipeline had their token before the offer went out
@@ -51,6 +64,11 @@ class IssuedPrescription(BaseModel):
     credential_stored: bool = False  # the wallet acknowledged the credential (`issued` once the token is too)
     error: str | None = None
     created_at: float = Field(default_factory=time.time)
+
+
+    @property
+    def therapy(self) -> TherapyPart:
+        return TherapyPart(therapy_id=self.therapy_id or self.prescription_id, part=self.part, parts=self.parts)
 
 
 class PrescriptionView(IssuedPrescription):
@@ -66,6 +84,37 @@ class IssueRequest(BaseModel):
 
     connection_id: RecordId = Field(description="the patient's connection (from an invitation)")
     order: PrescriptionOrder
+
+
+class TherapyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    connection_id: RecordId = Field(description="the patient's connection (from an invitation)")
+    order: PrescriptionOrder = Field(description="the first part; each further part is the same prescription "
+                                     "over its own window")
+    plan: TherapyPlan
+
+
+class PaperRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    order: PrescriptionOrder
+    plan: TherapyPlan | None = Field(default=None, description="a therapy in parts: one page per part")
+
+
+class FhirTherapyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    connection_id: RecordId = Field(description="the patient's connection (from an invitation)")
+    medication_requests: list[dict[str, Any]] = Field(min_length=2, max_length=12, description=(
+        "one FHIR R4 MedicationRequest per part, each with its own dispenseRequest.validityPeriod"))
+
+
+class TherapyView(BaseModel):
+    """A therapy in parts with each part's live status, in part order."""
+
+    therapy_id: str
+    parts: list[PrescriptionView]
 
 
 class DoctorStatus(BaseModel):

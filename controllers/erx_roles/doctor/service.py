@@ -32,11 +32,13 @@ from erx_core.webhooks import EventType
 from erx_indy.ledger import IndyLedgerError
 from erx_roles.connections import require_active_connection
 from erx_roles.context import RoleContext
-from erx_roles.doctor.models import (CredDefMeta, IssuedPrescription, PrescriptionState, PrescriptionView, TokenBatch,
-                                     TokenState)
+from erx_roles.doctor.models import (Channel, CredDefMeta, IssuedPrescription, PrescriptionState, PrescriptionView,
+                                     TokenBatch, TokenState)
 from erx_roles.doctor.tokens import TokenBatcher
-from erx_roles.errors import Conflict, UpstreamRefused, not_found, unavailable
-from erx_schemas.prescription import Prescriber, Prescription, PrescriptionOrder, TokenRef
+from erx_roles.errors import Conflict, InvalidRequest, UpstreamRefused, not_found, unavailable
+from erx_schemas.paper import TYP as PICKUP_TYP
+from erx_schemas.paper import CodeMedication, CodePrescriber, CodeTherapy, CodeToken, PickupCode, pickup_code_text
+from erx_schemas.prescription import Prescriber, Prescription, PrescriptionOrder, TherapyPart, TokenRef, therapy_problem
 
 LOG = logging.getLogger("erx.doctor")
 ISSUE_TOPIC = "issue_credential_v2_0"
@@ -49,7 +51,7 @@ class DoctorService:
     def __init__(self, ctx: RoleContext):
         self.ctx = ctx
         self.records = ctx.store.table("prescription", IssuedPrescription,
-                                       indexed=("cred_ex_id", "state", "token_state"))
+                                       indexed=("cred_ex_id", "state", "token_state", "therapy_id"))
         self.batches = ctx.store.table("token_batch", TokenBatch)  # create transactions, journaled before sending
         self.meta = ctx.store.table("meta", CredDefMeta)
         self.cred_def_id: str | None = None
@@ -148,27 +150,154 @@ class DoctorService:
         return ids[0] if ids else None
 
     # -- issuing -------------------------------------------------------------------------------
-    async def issue(self, connection_id: str, order: PrescriptionOrder) -> IssuedPrescription:
+    async def issue(self, connection_id: str, order: PrescriptionOrder, prescriber: Prescriber | None = None,
+                    therapy: TherapyPart | None = None) -> IssuedPrescription:
+        """Issue one prescription (or one part of a therapy) to the patient's connected wallet. The
+        credential names `prescriber` (default: the practice itself, for callers that are no person)."""
         if self.cred_def_id is None:
             raise Conflict("the practice is not onboarded yet")
         await require_active_connection(self.ctx, connection_id)
+        return await self._issue(connection_id, order, prescriber or self.prescriber, therapy)
+
+    async def issue_therapy(self, connection_id: str, orders: list[PrescriptionOrder],
+                            prescriber: Prescriber | None = None) -> list[IssuedPrescription]:
+        """A therapy in parts: each part its own credential and token with its own window, all offered at
+        once (their creates go in one batch). A part whose offer fails is recorded `failed` with the
+        reason and the others go on: the therapy's view shows each part's state."""
+        if (problem := therapy_problem(orders)) is not None:
+            raise InvalidRequest(problem)
+        if self.cred_def_id is None:
+            raise Conflict("the practice is not onboarded yet")
+        await require_active_connection(self.ctx, connection_id)
+        therapy_id, count = str(uuid.uuid4()), len(orders)
+        outcomes = await asyncio.gather(*(
+            self._issue(connection_id, order, prescriber or self.prescriber,
+                        TherapyPart(therapy_id=therapy_id, part=number, parts=count))
+            for number, order in enumerate(orders, start=1)), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, UpstreamRefused):
+                raise outcome
+        return self.therapy(therapy_id)
+
+    def therapy(self, therapy_id: str) -> list[IssuedPrescription]:
+        """The parts of a therapy in part order (NotFound if there is no such therapy)."""
+        parts = sorted(self.records.find_all("therapy_id", therapy_id), key=lambda r: r.part)
+        if not parts:
+            raise not_found(f"therapy {therapy_id}")
+        return parts
+
+    async def issue_paper(self, orders: list[PrescriptionOrder], prescriber: Prescriber | None = None
+                          ) -> list[tuple[IssuedPrescription, PickupCode, str]]:
+        """Paper prescriptions for a patient without a wallet: one order, or the parts of a therapy. Each
+        gets its token, mined before this returns (the page is only worth printing once its token
+        exists), and its pickup code signed by the practice's DID key. Returns each record with its code
+        and the code's text, which hold the one-time key: returned once for printing, never stored."""
+        if self.cred_def_id is None or self.issuer_did is None:
+            raise Conflict("the practice is not onboarded yet")
+        if len(orders) > 1 and (problem := therapy_problem(orders)) is not None:
+            raise InvalidRequest(problem)
+        prescriber = prescriber or self.prescriber
+        therapy_id = str(uuid.uuid4())
+        parts = [TherapyPart(therapy_id=therapy_id, part=n, parts=len(orders)) if len(orders) > 1 else None
+                 for n in range(1, len(orders) + 1)]
+        made = [self._new_prescription(order, prescriber, part) for order, part in zip(orders, parts, strict=True)]
+        codes = [await self._pickup_code(prescription, "paper") for prescription, _ in made]  # before any token
+        records = []
+        for (prescription, spec), _ in zip(made, codes, strict=True):
+            records.append(self._put(self._record_of(prescription, "", Channel.PAPER)))
+        self._following.update(r.prescription_id for r in records)
+        try:
+            outcomes = await asyncio.gather(*(self.tokens.submit(r.prescription_id, spec)
+                                              for r, (_, spec) in zip(records, made, strict=True)),
+                                            return_exceptions=True)
+        finally:
+            self._following.difference_update(r.prescription_id for r in records)
+        printed = []
+        for record, outcome, (code, text) in zip(records, outcomes, codes, strict=True):
+            await self._token_outcome(record.prescription_id, outcome)  # created, failed, or left to the journal
+            async with self._lock(record.prescription_id):
+                record = self.get(record.prescription_id)
+                if record.token_state == TokenState.CREATED and record.state == PrescriptionState.CREATING_TOKEN:
+                    record.state = PrescriptionState.ISSUED
+                    self._commit(record, EventType.ISSUED)
+            printed.append((self.get(record.prescription_id), code, text))
+        unprinted = [r for r, _, _ in printed if r.state != PrescriptionState.ISSUED]
+        if unprinted:
+            # a page whose token does not exist (yet) must not be handed out: issue again
+            for record in unprinted:
+                async with self._lock(record.prescription_id):
+                    current = self.get(record.prescription_id)
+                    if current.state == PrescriptionState.CREATING_TOKEN and current.token_state == TokenState.FAILED:
+                        self._fail(current, f"{current.error}; nothing was printed")
+                    elif current.state == PrescriptionState.CREATING_TOKEN:  # settled by the housekeeping loop
+                        current.error = current.error or "its token was not confirmed in time: not printed"
+                        self._put(current)
+            raise unavailable(f"{len(unprinted)} of {len(printed)} token(s) were not confirmed by the chain: nothing "
+                              "to print; the practice's housekeeping cancels what was created. Issue again.")
+        return printed
+
+    async def signing_verkey(self) -> str | None:
+        """The verkey the ledger holds for the practice's DID (printed on paper, for whoever verifies by
+        hand); None if the ledger does not answer now (the page is valid without it)."""
+        try:
+            return await self.ctx.admin.did_verkey(self.issuer_did or "")
+        except AdminApiError:
+            return None
+
+    async def _pickup_code(self, prescription: Prescription, channel: str) -> tuple[PickupCode, str]:
+        """The prescription signed by the practice's DID key (its text for a QR code or the credential)."""
+        o, m, t = prescription.order, prescription.order.medication, prescription.therapy_part
+        code = PickupCode(
+            channel=channel, iss=self.issuer_did, prescription_id=prescription.prescription_id,
+            issue_date=prescription.issue_date, patient_name=o.patient_name, patient_birth_date=o.patient_birth_date,
+            medication=CodeMedication(name=m.name, code=m.code, code_system=m.code_system, strength=m.strength,
+                                      form=m.form),
+            dosage_instructions=o.dosage_instructions, quantity=o.quantity, substitution_allowed=o.substitution_allowed,
+            redemptions=o.redemptions, valid_from=o.valid_from, valid_until=o.valid_until,
+            prescriber=CodePrescriber(name=prescription.prescriber.name, identifier=prescription.prescriber.identifier),
+            therapy=CodeTherapy(therapy_id=t.therapy_id, part=t.part, parts=t.parts) if t.parts > 1 else None,
+            token=CodeToken(chain_id=prescription.token.chain_id, contract=prescription.token.contract,
+                            secret_key=prescription.token.secret_key))
+        jws = await self.ctx.admin.sign_jws(self.issuer_did, code.signing_payload(), typ=PICKUP_TYP)
+        try:
+            return code, pickup_code_text(jws)
+        except ValueError as exc:  # too long for a QR code
+            raise InvalidRequest(str(exc)) from None
+
+    def _new_prescription(self, order: PrescriptionOrder, prescriber: Prescriber,
+                          therapy: TherapyPart | None) -> tuple[Prescription, TokenSpec]:
         key = new_prescription_key()
-        pid = str(uuid.uuid4())
         not_before, not_after = _validity_window(order)
         spec = TokenSpec(token=key.address, redemptions=order.redemptions, not_before=not_before, not_after=not_after)
         prescription = Prescription(
-            prescription_id=pid, order=order, prescriber=self.prescriber,
+            prescription_id=str(uuid.uuid4()), order=order, prescriber=prescriber, therapy=therapy,
             token=TokenRef(chain_id=self.ctx.chain.config.chain_id, contract=self.ctx.chain.contract_address,
                            secret_key=SecretStr(key.private_key)))
-        self._put(IssuedPrescription(
-            prescription_id=pid, connection_id=connection_id, state=PrescriptionState.CREATING_TOKEN, order=order,
-            token_address=key.address, token_state=TokenState.PENDING))
+        return prescription, spec
+
+    @staticmethod
+    def _record_of(prescription: Prescription, connection_id: str, channel: Channel) -> IssuedPrescription:
+        therapy = prescription.therapy
+        return IssuedPrescription(
+            prescription_id=prescription.prescription_id, connection_id=connection_id, channel=channel,
+            state=PrescriptionState.CREATING_TOKEN, order=prescription.order, prescriber=prescription.prescriber,
+            therapy_id=therapy.therapy_id if therapy else None, part=therapy.part if therapy else 1,
+            parts=therapy.parts if therapy else 1, token_address=prescription.token.address,
+            token_state=TokenState.PENDING)
+
+    async def _issue(self, connection_id: str, order: PrescriptionOrder, prescriber: Prescriber,
+                     therapy: TherapyPart | None) -> IssuedPrescription:
+        prescription, spec = self._new_prescription(order, prescriber, therapy)
+        pid = prescription.prescription_id
+        # the wallet's copy of the pickup code, for a representative (signed before anything is recorded)
+        prescription.pickup_code = (await self._pickup_code(prescription, "wallet"))[1]
+        self._put(self._record_of(prescription, connection_id, Channel.WALLET))
         # The create and the offer go at once: the token's address is known from the key already, and a
         # credential whose token never comes to exist is refused by every pharmacy (`unknown token`).
         self._follow(pid, spec)
         try:
             exchange = await self.ctx.admin.send_offer(connection_id, self.cred_def_id, prescription.to_attributes(),
-                                                       comment=f"Prescription: {order.medication.name}")
+                                                       comment=_offer_comment(order, therapy))
         except AdminApiError as exc:
             async with self._lock(pid):  # its token, once created, is cancelled (`_token_created`)
                 self._fail(self.get(pid), f"offer failed: {exc.reason}")
@@ -482,7 +611,8 @@ class DoctorService:
                     except ContractError as exc:
                         raise UpstreamRefused(f"the chain did not cancel the token: {exc}") from exc
                     self.records.put(prescription_id, record)
-            if not await self._revoked_on_ledger(record):
+            # a paper prescription has no credential: its cancelled token is all there is to revoke
+            if record.channel == Channel.WALLET and not await self._revoked_on_ledger(record):
                 await self._publish_revocation(record)
             record.state = PrescriptionState.REVOKED
             return self._commit(record, EventType.REVOKED)
@@ -572,6 +702,8 @@ class DoctorService:
                 label = f"redeemed {used} of {record.order.redemptions}"
             if record.order.valid_until < dt.date.today() and status.remaining:
                 label = "expired"
+            elif record.order.valid_from > dt.date.today() and status.remaining:
+                label = f"valid from {record.order.valid_from.isoformat()}"
         return PrescriptionView(**record.model_dump(), remaining_redemptions=status.remaining if status.exists
                                 else None, token_cancelled=status.cancelled if status.exists else None, status=label)
 
@@ -579,6 +711,12 @@ class DoctorService:
 def _undecided(outcome: TxResult | BaseException) -> bool:
     """A create whose outcome is not known yet: sent (or maybe sent) without a receipt so far."""
     return isinstance(outcome, ReceiptTimeout) or (isinstance(outcome, ChainUnavailable) and outcome.maybe_delivered)
+
+
+def _offer_comment(order: PrescriptionOrder, therapy: TherapyPart | None) -> str:
+    part = f" (part {therapy.part} of {therapy.parts}, from {order.valid_from.isoformat()})" \
+        if therapy and therapy.parts > 1 else ""
+    return f"Prescription: {order.medication.name}{part}"
 
 
 def _validity_window(order: PrescriptionOrder) -> tuple[int, int]:

@@ -4,16 +4,19 @@ what would be disclosed, list the prescriptions held."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
 
+from erx_core import ids
 from erx_roles.errors import DomainError
+from erx_roles.invitations import qr_svg
 from erx_roles.http import http_error
 from erx_roles.pages.web import LiveHub, field_errors, flash, fragment, render, see_other, text_fields
 from erx_roles.patient.models import OpenInvitation
-from erx_roles.patient.service import PatientService, readable
+from erx_roles.patient.service import PatientService, readable, validity
 
 
 class PatientPages:
@@ -32,18 +35,24 @@ class PatientPages:
             web.get("/fragments/offers", self.offers_fragment),
             web.get("/fragments/requests", self.requests_fragment),
             web.get("/fragments/credentials", self.credentials_fragment),
+            web.get("/fragments/receipts", self.receipts_fragment),
+            web.get("/held/{credential_id}/pickup", self.pickup),
+            web.get("/held/{credential_id}/pickup.svg", self.pickup_qr),
         ]
 
     # -- what the page shows ---------------------------------------------------------------------------
     async def _credentials(self) -> list[dict[str, Any]]:
         held = await self.service.credentials()
-        return sorted(({"credential_id": c.credential_id,
+        today = dt.date.today()
+        return sorted(({"credential_id": c.credential_id, "validity": validity(c.attributes, today),
                         "attributes": {k: readable(k, v) for k, v in c.attributes.items()}} for c in held),
-                      key=lambda c: c["attributes"].get("issue_date", ""), reverse=True)
+                      key=lambda c: (c["attributes"].get("issue_date", ""), c["attributes"].get("therapy_id", ""),
+                                     -int(c["attributes"].get("therapy_part") or 1)), reverse=True)
 
     async def _context(self) -> dict[str, Any]:
         return {"offers": await self.service.offers(), "requests": await self.service.requests(),
-                "credentials": await self._credentials(), "auto_respond": self.service.auto_respond}
+                "credentials": await self._credentials(), "receipts": await self.service.held_receipts(),
+                "auto_respond": self.service.auto_respond}
 
     async def home(self, request: web.Request, form: dict | None = None, errors: dict | None = None,
                    status: int = 200) -> web.Response:
@@ -62,6 +71,29 @@ class PatientPages:
 
     async def credentials_fragment(self, request: web.Request) -> web.Response:
         return await fragment(request, "patient/_credentials.html", {"credentials": await self._credentials()})
+
+    async def receipts_fragment(self, request: web.Request) -> web.Response:
+        return await fragment(request, "patient/_receipts.html", {"receipts": await self.service.held_receipts()})
+
+    async def _held(self, credential_id: str) -> dict[str, Any]:
+        if not ids.is_valid("record", credential_id):
+            raise web.HTTPNotFound(text="no such prescription in this wallet")
+        held = await self.service.credentials()
+        match = next((c for c in held if c.credential_id == credential_id), None)
+        if match is None:
+            raise web.HTTPNotFound(text="no such prescription in this wallet")
+        return {"credential_id": credential_id, "attributes": match.attributes}
+
+    async def pickup(self, request: web.Request) -> web.Response:
+        """The representative path: the practice-signed pickup code of one prescription, as a QR code."""
+        held = await self._held(request.match_info["credential_id"])
+        code = await self.service.pickup_code(held["credential_id"])
+        return await render(request, "patient_pickup.html", {"c": held, "code": code})
+
+    async def pickup_qr(self, request: web.Request) -> web.Response:
+        held = await self._held(request.match_info["credential_id"])
+        code = await self.service.pickup_code(held["credential_id"])
+        return web.Response(body=qr_svg(code), content_type="image/svg+xml", headers={"Cache-Control": "no-store"})
 
     # -- what the wallet's holder does ---------------------------------------------------------------------
     async def open(self, request: web.Request) -> web.Response:

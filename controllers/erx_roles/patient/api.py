@@ -35,6 +35,19 @@ def patient_routes(service: PatientService) -> list[web.RouteDef]:
                            fields=[{"field": "prescription_id", "message": "not a valid record id"}])
         return json_response(await service.credentials(prescription_id))
 
+    async def pickup_code(request: web.Request) -> web.Response:
+        """The code (and what it is) to hand one redemption to a representative."""
+        credential_id = request.match_info["credential_id"]
+        if not ids.is_valid("record", credential_id):
+            raise ApiError(422, "invalid path parameter",
+                           fields=[{"field": "credential_id", "message": "not a valid record id"}])
+        return json_response({"credential_id": credential_id, "pickup_code": await service.pickup_code(credential_id)})
+
+    async def receipts(_: web.Request) -> web.Response:
+        """The dispense receipts pharmacies sent, each with whether it verified against the pharmacy's
+        verkey on the Indy network."""
+        return json_response(await service.held_receipts())
+
     async def offers(_: web.Request) -> web.Response:
         return json_response(await service.offers())
 
@@ -60,7 +73,9 @@ def patient_routes(service: PatientService) -> list[web.RouteDef]:
         web.get("/api/status", status),
         web.post("/api/invitations", open_invitation),
         web.get("/api/credentials", credentials),
+        web.get("/api/credentials/{credential_id}/pickup-code", pickup_code),
         web.post("/api/connections/{connection_id}/share", share),
+        web.get("/api/receipts", receipts),
         web.get("/api/offers", offers),
         web.post("/api/offers/{cred_ex_id}/accept", accept_offer),
         web.post("/api/offers/{cred_ex_id}/decline", decline_offer),

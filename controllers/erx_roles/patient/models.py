@@ -83,3 +83,21 @@ class RequestView(BaseModel):
     candidates: list[Candidate]
     chosen: str | None = None  # the credential preselected (named when the invitation was opened, or newest)
     created_at: str | None = None
+
+
+class WalletReceipt(BaseModel):
+    """A dispense receipt a pharmacy sent over a connection (a DIDComm basic message), as the wallet checked
+    it against the signer DID's verkey on the Indy network. What it says (`summary`) is kept only once it
+    verified: an unverified document's claims are not shown."""
+
+    receipt_id: str
+    connection_id: str | None = None
+    jws: str
+    received_at: float = Field(default_factory=time.time)
+    verified: bool | None = None  # None: not checked yet (the ledger could not be read); checked again when listed
+    signer_did: str | None = None
+    problem: str | None = None  # why it does not verify (erx_roles.receipts.ReceiptCheck.problem)
+    detail: str = ""
+    # medication, quantity, pharmacy, pharmacy_did, dispensed_at, tx_hash, substitution, substitution_reason
+    summary: dict[str, str | None] | None = None
+    medication_dispense: dict | None = None  # the FHIR MedicationDispense it carries, once verified

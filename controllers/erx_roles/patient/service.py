@@ -12,21 +12,27 @@ invitation (the wallet's "share this prescription" flow); otherwise the newest m
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
-from erx_core.acapy_admin import AdminApiError, CredentialExchange, CredExState, PresentationExchange, PresExState
+from erx_core.acapy_admin import (AdminApiError, AgentUnreachable, CredentialExchange, CredExState, PresentationExchange,
+                                  PresExState, Topic)
 from erx_core.events import Handler, Payload
 from erx_roles.context import RoleContext
 from erx_roles.errors import Conflict, InvalidRequest, not_found
 from erx_roles.invitations import invitation_from_url
 from erx_roles.patient.models import (Attribute, Candidate, HeldCredential, OfferView, OpenedInvitation, OpenInvitation,
-                                      PredicateCheck, RequestView)
+                                      PredicateCheck, RequestView, WalletReceipt)
+from erx_roles.receipts import check_receipt, receipt_id, receipt_in_message, summary
 
 LOG = logging.getLogger("erx.patient")
 ISSUE_TOPIC = "issue_credential_v2_0"
 PROOF_TOPIC = "present_proof_v2_0"
+MESSAGE_TOPIC = Topic.BASIC_MESSAGES.value  # a pharmacy's dispense receipt arrives as a basic message
 
 TOKEN_KEY = "token_secret_key"
+PICKUP_CODE = "pickup_code"  # the practice-signed code a representative redeems with: holds the token key too
+NOT_LISTED = {TOKEN_KEY, PICKUP_CODE}
 MASK = "•••••••• (one-time redemption key, masked)"
 DATE_ATTRIBUTES = {"patient_birth_date", "valid_from", "valid_until", "issue_date"}
 SYMBOLS = {">=": "≥", ">": ">", "<=": "≤", "<": "<"}
@@ -37,6 +43,24 @@ def readable(name: str, value: str) -> str:
     if name in DATE_ATTRIBUTES and len(value) == 8 and value.isdigit():
         return f"{value[:4]}-{value[4:6]}-{value[6:]}"
     return value
+
+
+def validity(attrs: dict[str, str], today: dt.date) -> dict[str, str]:
+    """How long a held prescription can be redeemed, as the wallet tells its user: `state` (valid,
+    not_yet_valid, expiring (3 days or less), expired) and a sentence."""
+    try:
+        start = dt.datetime.strptime(attrs["valid_from"], "%Y%m%d").date()
+        end = dt.datetime.strptime(attrs["valid_until"], "%Y%m%d").date()
+    except (KeyError, ValueError):
+        return {"state": "unknown", "text": "validity unknown"}
+    if today < start:
+        return {"state": "not_yet_valid", "text": f"valid from {start.isoformat()} to {end.isoformat()}"}
+    if today > end:
+        return {"state": "expired", "text": f"expired on {end.isoformat()}"}
+    left = (end - today).days
+    return {"state": "expiring" if left <= 3 else "valid",
+            "text": f"valid until {end.isoformat()} ({left} day{'s' if left != 1 else ''} left)" if left
+            else f"valid until today ({end.isoformat()})"}
 
 
 def predicate_statement(predicate: dict) -> str:
@@ -76,10 +100,12 @@ class PatientService:
         # invitation id or connection id -> credential the user chose to share there
         self._chosen: dict[str, str] = {}
         self.opened = ctx.store.table("opened_invitation", OpenedInvitation)
+        self.receipts = ctx.store.table("receipt", WalletReceipt)
 
     def subscriptions(self) -> list[tuple[str, Handler]]:
         """The agent's events this wallet acts on (wired by `erx_roles.context.wire` at start-up)."""
-        return [(ISSUE_TOPIC, self._on_issue_event), (PROOF_TOPIC, self._on_proof_event)]
+        return [(ISSUE_TOPIC, self._on_issue_event), (PROOF_TOPIC, self._on_proof_event),
+                (MESSAGE_TOPIC, self._on_message)]
 
     async def open_invitation(self, body: OpenInvitation) -> dict:
         invitation = await invitation_from_url(body.invitation_url)
@@ -119,7 +145,11 @@ class PatientService:
         if not usable:
             await self.ctx.admin.problem_report(pres_ex_id, "no prescription in this wallet matches the request")
             return {"pres_ex_id": pres_ex_id, "state": "declined"}
-        chosen = usable[-1] if credential_id else max(usable, key=lambda c: c.attrs.get("issue_date", ""))
+        # the user's choice; otherwise, of the parts and prescriptions that answer, the newest one valid today
+        predicates = list(request.get("requested_predicates", {}).values())
+        chosen = usable[-1] if credential_id else max(usable, key=lambda c: (
+            all(_satisfies(c.attrs, p) for p in predicates), c.attrs.get("issue_date", ""),
+            -int(c.attrs.get("therapy_part", "1") or 1)))
         unmet = [p for p in request.get("requested_predicates", {}).values() if not _satisfies(chosen.attrs, p)]
         if unmet:
             # Say why, as a good wallet does: the verifier otherwise only learns "abandoned".
@@ -242,8 +272,63 @@ class PatientService:
         wql = {"attr::prescription_id::value": prescription_id} if prescription_id else None
         # The token's secret key stays in the wallet: nothing that lists credentials needs it.
         return [HeldCredential(credential_id=c.referent, cred_def_id=c.cred_def_id,
-                               attributes={k: v for k, v in c.attrs.items() if k != "token_secret_key"})
+                               attributes={k: v for k, v in c.attrs.items() if k not in NOT_LISTED})
                 for c in await self.ctx.admin.credentials(wql)]
+
+    async def pickup_code(self, credential_id: str) -> str:
+        """The code to hand to a representative: the practice's signed copy of this prescription with
+        its token key. Whoever holds it can redeem the prescription (docs/paper-and-receipts.md)."""
+        try:
+            held = await self.ctx.admin.credential(credential_id)
+        except AdminApiError as exc:
+            if exc.status in (400, 404):
+                raise not_found(f"credential {credential_id}") from None
+            raise
+        code = held.attrs.get(PICKUP_CODE, "")
+        if not code:
+            raise Conflict("this credential carries no pickup code")
+        LOG.info("pickup code of credential %s shown to the wallet's user", credential_id)
+        return code
+
+    # -- dispense receipts ------------------------------------------------------------------------------
+    async def _on_message(self, topic: str, payload: Payload) -> None:
+        """A basic message: kept if it carries a dispense receipt (`erx-receipt:` + JWS), checked at once."""
+        jws = receipt_in_message(payload.get("content"))
+        if jws is None:
+            return
+        key = receipt_id(jws)
+        if self.receipts.get(key) is not None:
+            return  # the same receipt delivered again
+        connection_id = payload.get("connection_id")
+        held = WalletReceipt(receipt_id=key, jws=jws,
+                             connection_id=connection_id if isinstance(connection_id, str) else None)
+        self.receipts.put(key, await self._checked(held))
+        LOG.info("dispense receipt %s received (%s)", key,
+                 "verified" if held.verified else held.problem or "not checked yet")
+
+    async def _checked(self, held: WalletReceipt) -> WalletReceipt:
+        """`held` with the verdict of its signature against the signer DID's verkey on the Indy network; left
+        unchecked (verified None) if the ledger could not be read."""
+        try:
+            found = await check_receipt(held.jws, self.ctx.admin.did_verkey)
+        except AdminApiError as exc:  # unreachable or failing: nothing decided, checked again when listed
+            LOG.warning("receipt %s not checked yet: %s", held.receipt_id,
+                        "agent unreachable" if isinstance(exc, AgentUnreachable) else exc.reason[:200])
+            return held
+        held.verified, held.signer_did, held.problem, held.detail = (found.verified, found.signer_did,
+                                                                     found.problem, found.detail)
+        if found.receipt is not None:
+            held.summary = summary(found.receipt)
+            held.medication_dispense = found.receipt.medication_dispense
+        return held
+
+    async def held_receipts(self) -> list[WalletReceipt]:
+        """The dispense receipts received, newest first; one not checked yet is checked now."""
+        held = list(self.receipts.all())
+        for index, receipt in enumerate(held):
+            if receipt.verified is None:
+                held[index] = self.receipts.put(receipt.receipt_id, await self._checked(receipt))
+        return sorted(held, key=lambda r: r.received_at, reverse=True)
 
 
 _COMPARE = {">=": int.__ge__, ">": int.__gt__, "<=": int.__le__, "<": int.__lt__}
