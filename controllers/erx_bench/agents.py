@@ -156,6 +156,7 @@ async def run_agents(network: Network, quick: bool = False, concurrency: int | N
         "failed": sum(r["failed"] for r in rows),
         "prefill": prefill,
     }
+    summary["storage"] = sorted({a.storage for a in network.settings.agents})
     return {"bench": "agents", "quick": quick, "machine": machine(), "summary": summary, "levels": rows,
             "phases": rows, "ceiling": ceiling,
             "note": "the patient's wallet (the holder, building every proof) shares this machine's CPU"}
@@ -169,7 +170,8 @@ def render(report: dict) -> str:
                          "p99_latency_s", "cpu"]) + "\n"
             + ("failures:\n" + "\n".join(errors) + "\n" if errors else "")
             + f"cpu: cores used per process during the phase (busiest first); {report['note']}\n"
-            + (f"wallets pre-filled with {s['prefill']} prescriptions\n" if s.get("prefill") else "") + "\n"
+            + (f"wallets pre-filled with {s['prefill']} prescriptions\n" if s.get("prefill") else "")
+            + f"storage: {', '.join(s.get('storage', ['sqlite']))}\n\n"
             f"issued {s['issued_per_s']}/s ({s['issue_ratio_to_ceiling']} of in-process signing "
             f"{s['ceiling_sign_per_s']}/s); verified {s['verified_per_s']}/s ({s['verify_ratio_to_ceiling']} of "
             f"in-process verification {s['ceiling_verify_per_s']}/s); best levels: issue @{s['best_issue_concurrency']}, "

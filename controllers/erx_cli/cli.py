@@ -100,6 +100,9 @@ def cmd_test(args) -> int:
     return subprocess.call(cmd, cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
+POSTGRES_BENCH_PORT = 55432  # `bench --storage postgres`: the agents' clusters on this port and the next ones
+
+
 def cmd_bench(args) -> int:
     import json
 
@@ -114,7 +117,12 @@ def cmd_bench(args) -> int:
                 from erx_bench.caliper import run_caliper  # Hyperledger Caliper, as seed 000 measured with
                 report["caliper"] = await run_caliper(quick=args.quick, progress=progress)
             return report
-        net = LocalSystem(Settings(), progress)
+        settings = Settings()
+        if args.storage == "postgres":  # every agent (and its controller) on its own PostgreSQL cluster
+            settings = settings.model_copy(update={"agents": [
+                a.model_copy(update={"storage": "postgres", "postgres_port": a.postgres_port or POSTGRES_BENCH_PORT + i})
+                for i, a in enumerate(settings.agents)]})
+        net = LocalSystem(settings, progress)
         await net.up()
         if args.target == "agents":
             return await agents.run_agents(net, quick=args.quick, progress=progress, prefill=args.prefill,
@@ -345,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefill", type=int, default=0, help="agents: first issue this many prescriptions, untimed")
     p.add_argument("--levels", type=lambda v: [int(x) for x in v.split(",")], default=None,
                    help="agents: concurrency levels, e.g. 1,4,16,32 (the default)")
+    p.add_argument("--storage", choices=["sqlite", "postgres"], default="sqlite",
+                   help="agents/flow: the agents' and controllers' storage (postgres: a local cluster each, "
+                        f"ports from {POSTGRES_BENCH_PORT}; use a fresh ERX_HOME)")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("integrator", help="API tokens for integrators: add NAME, list, remove ID")
     p.add_argument("action", choices=["add", "list", "remove"])
