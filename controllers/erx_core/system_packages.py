@@ -1,6 +1,6 @@
 """Debian packages the tests need beyond Python and npm: Chromium for the browser tests, zbarimg to
-read the pages' QR codes, and the PostgreSQL server (`erx_core.postgres`). `erx test` installs them when
-missing (CI starts on a fresh machine)."""
+read the pages' QR codes, pdftoppm to render printed PDFs for it, and the PostgreSQL server
+(`erx_core.postgres`). `erx test` installs them when missing (CI starts on a fresh machine)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from erx_core.progress import Progress
 
 # package -> the program the tests run from it (Playwright drives /usr/bin/chromium, never its own download)
 BROWSER_TEST_PACKAGES = {"chromium": Path("/usr/bin/chromium"), "zbar-tools": Path("/usr/bin/zbarimg"),
+                         # pdftoppm renders a printed paper prescription to read its QR code back
+                         "poppler-utils": Path("/usr/bin/pdftoppm"),
                          # the paper prescription's names in any script (erx_core.documents; else Latin-1 only)
                          "fonts-dejavu-core": Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")}
 # Debian keeps each server version's programs apart: a `*` in a program's path matches any version
