@@ -362,16 +362,18 @@ async def test_the_dispense_receipt_reaches_the_connected_wallet(network: Networ
     [prescription_id] = await issue_to_wallet(doctor, wallet, patient)
 
     # -- the pharmacy connects the customer's wallet and asks it over the connection -----------------------------
-    pharmacy = await sign_in(context, network, PHARMACY)
+    # pharmacy B: no other browser test connects a wallet to it (a wallet opening a second invitation of
+    # the same pharmacy reuses its connection, and the customers' list would not grow)
+    pharmacy = await sign_in(context, network, PHARMACY_B)
     customers = pharmacy.locator("#customers li[data-connection-id]", has_text=label(network, WALLET))
     before = await customers.count()
     await pharmacy.click("#new-invitation")
     url, _ = await check_qr(pharmacy.locator("#customers figure.qr"), "lifecycle-31-pharmacy-connect-qr")
-    await open_in_wallet(wallet, url, f"Connected to {label(network, PHARMACY)}")
+    await open_in_wallet(wallet, url, f"Connected to {label(network, PHARMACY_B)}")
     await expect(customers).to_have_count(before + 1)  # live; the newest first
     await customers.first.locator("button").click()
     await expect(pharmacy.locator(".check-state[data-state=requested]")).to_contain_text("customer's wallet")
-    request = wallet.locator("article.request", has_text=label(network, PHARMACY)).first
+    request = wallet.locator("article.request", has_text=label(network, PHARMACY_B)).first
     candidate = request.locator("fieldset.candidate", has_text=prescription_id)
     await candidate.locator("input[type=radio]").check()
     await request.locator("button.approve").click()
@@ -390,8 +392,8 @@ async def test_the_dispense_receipt_reaches_the_connected_wallet(network: Networ
     receipt = wallet.locator("#receipts tr[data-receipt-id]", has=wallet.locator(f"code[title='{tx_hash}']"))
     await expect(receipt).to_have_attribute("data-verified", "yes")  # live: no reload
     await expect(receipt).to_contain_text("Ramipril")
-    await expect(receipt).to_contain_text(label(network, PHARMACY))
-    async with network.admin(PHARMACY) as admin:
+    await expect(receipt).to_contain_text(label(network, PHARMACY_B))
+    async with network.admin(PHARMACY_B) as admin:
         pharmacy_did = (await admin.public_did()).did
     await expect(receipt).to_contain_text(pharmacy_did)
     await expect(receipt.locator("td.status.ok")).to_have_text("yes")
