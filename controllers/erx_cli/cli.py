@@ -309,7 +309,7 @@ def cmd_org(args) -> int:
         settings = OrgSettings(name=args.name, role=args.role, label=args.label or args.name, host=host,
                                inbound_port=ports[0], admin_port=ports[1], controller_port=ports[2],
                                public_endpoint=args.public_endpoint, public_url=args.public_url,
-                               storage=Storage(args.storage),
+                               storage=Storage(args.storage), dev_accounts=args.dev_accounts,
                                postgres_port=args.postgres_port or (free_port(host) if args.storage == "postgres"
                                                                     else None))
         request = org.init(settings, NetworkDescriptor.load(Path(args.network)))
@@ -394,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--public-url", help="init: the controller's public URL (pages, short links)")
     p.add_argument("--storage", choices=["sqlite", "postgres"], default="sqlite")
     p.add_argument("--postgres-port", type=int, help="init: the local PostgreSQL cluster's port")
+    p.add_argument("--dev-accounts", action="store_true",
+                   help="init: also a dev prescriber or pharmacist (default: only the operator, who adds the staff)")
     p.set_defaults(func=cmd_org)
     p = sub.add_parser("test", help="set up and run the test suite (extra arguments go to pytest)")
     p.set_defaults(func=cmd_test)

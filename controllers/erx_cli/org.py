@@ -39,7 +39,7 @@ from erx_core.processes import ProcessSpec
 from erx_core.progress import SILENT, Progress
 from erx_core.secrets import SecretStore
 from erx_core.settings import CheckSettings, OfferSettings, Role
-from erx_core.staff import StaffCreate, StaffSeed, dev_accounts
+from erx_core.staff import StaffCreate, StaffRole, StaffSeed, dev_accounts
 from erx_core.webhooks import WebhookSettings
 from erx_indy.ledger import IndyLedger, did_from_seed
 
@@ -66,6 +66,9 @@ class OrgSettings(BaseModel):
     storage: Storage = Storage.SQLITE
     postgres_port: int | None = Field(default=None, gt=0, lt=65536, description="the local cluster's port")
     auto_respond: bool = True  # wallet stand-in only
+    # the dev prescriber / pharmacist besides the operator (`./erx up`, the tests, `org init --dev-accounts`);
+    # a real organisation starts with its operator only, who adds its people (`erx staff add`)
+    dev_accounts: bool = False
     checks: CheckSettings = CheckSettings()
     offers: OfferSettings = OfferSettings()
     webhooks: WebhookSettings = WebhookSettings()
@@ -136,8 +139,10 @@ class Organisation:
 
     def dev_staff(self) -> list[StaffCreate]:
         """The staff accounts the organisation starts with (its controller creates them at its first start):
-        an operator and a prescriber or pharmacist, each with a random password in `secrets.json`."""
-        return dev_accounts(self.settings.role, self.settings.name)
+        an operator, and with `dev_accounts` a prescriber or pharmacist, each with a random password in
+        `secrets.json`."""
+        accounts = dev_accounts(self.settings.role, self.settings.name)
+        return accounts if self.settings.dev_accounts else [a for a in accounts if a.role == StaffRole.OPERATOR]
 
     def staff_seeds(self) -> list[StaffSeed]:
         return [StaffSeed(**account.model_dump(), password=self.secrets.staff_password(self.name, account.username))

@@ -66,7 +66,7 @@ class LocalSystem:
         return OrgSettings(name=agent.name, role=agent.role, label=agent.label, host=s.host,
                            inbound_port=agent.inbound_port, admin_port=agent.admin_port,
                            controller_port=agent.controller_port, storage=Storage(agent.storage),
-                           postgres_port=agent.postgres_port, auto_respond=agent.auto_respond,
+                           postgres_port=agent.postgres_port, auto_respond=agent.auto_respond, dev_accounts=True,
                            checks=s.checks, offers=s.offers, webhooks=s.webhooks)
 
     # -- up -----------------------------------------------------------------------------------

@@ -136,11 +136,20 @@ def watch(service: Any, *methods: str) -> None:
                 raise
             finally:
                 _IN_CALL.reset(inside)
-            for item in result if isinstance(result, list) else [result]:  # e.g. a therapy's parts
+            for item in _items(result):
                 trail.calls.append(_noted(item))
             return result
 
         setattr(service, name, noted)
+
+
+def _items(result: Any) -> list:
+    """What a call returned, one item per subject: a therapy's parts, or a printout's records."""
+    if isinstance(result, list):
+        return result
+    if isinstance(result, tuple) and (records := next((p for p in result if isinstance(p, list)), None)):
+        return records  # e.g. (the paper prescriptions, their PDF)
+    return [result]
 
 
 def _noted(result: Any) -> _Call:

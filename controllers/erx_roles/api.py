@@ -267,7 +267,7 @@ class Api:
 
 # Every path parameter is an id of a known kind (erx_core.ids): checked before any handler runs, so
 # no request value reaches a store, a URL or the agent unchecked.
-PATH_ID_KINDS = {"check_id": "record", "prescription_id": "record", "invitation_id": "record",
+PATH_ID_KINDS = {"check_id": "record", "prescription_id": "record", "invitation_id": "record", "therapy_id": "record",
                  "integrator_id": "record", "subscription_id": "record", "cred_def_id": "cred_def"}
 ON_BEHALF_OF_PARAMETER = {
     "name": ON_BEHALF_OF, "in": "header", "required": False,

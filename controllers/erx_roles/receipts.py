@@ -105,19 +105,29 @@ def summary(receipt: DispenseReceipt) -> dict[str, Any]:
 
 class VerkeyCache:
     """Verkeys read from the ledger, kept `ttl_s` (the public verify endpoint must not turn every request
-    into a ledger read). A DID not found is not kept."""
+    into a ledger read). A DID the ledger does not know is kept too, as that answer (else random DIDs would
+    cost a ledger read each); a transient fault is not kept."""
 
     def __init__(self, lookup: Lookup, ttl_s: float = 60.0, size: int = 256):
         self._lookup, self._ttl_s, self._size = lookup, ttl_s, size
-        self._kept: dict[str, tuple[float, str]] = {}
+        self._kept: dict[str, tuple[float, str | BaseException]] = {}
 
     async def __call__(self, did: str) -> str:
         now = time.monotonic()
         kept = self._kept.get(did)
         if kept is not None and now - kept[0] < self._ttl_s:
+            if isinstance(kept[1], BaseException):
+                raise kept[1]
             return kept[1]
-        verkey = await self._lookup(did)
+        try:
+            answer: str | BaseException = await self._lookup(did)
+        except Exception as exc:
+            if getattr(exc, "status", None) != 404:
+                raise
+            answer = exc
         if len(self._kept) >= self._size:
             self._kept.pop(next(iter(self._kept)))
-        self._kept[did] = (now, verkey)
-        return verkey
+        self._kept[did] = (now, answer)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer

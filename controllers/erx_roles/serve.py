@@ -23,7 +23,6 @@ from erx_core.staff import StaffDirectory
 from erx_roles.acting import AUDIT_LOG, watch
 from erx_roles.context import RoleContext, wire
 from erx_roles.doctor import DoctorService, doctor_api
-from erx_core.documents import MAX_UPLOAD_BYTES
 from erx_roles.http import PRESCRIBING_RULES, api_middlewares, json_response
 from erx_roles.integrators import Integrators
 from erx_roles.pages import mount_pages
@@ -34,7 +33,7 @@ from erx_roles.webhook_api import WebhookApi
 
 LOG = logging.getLogger("erx.controller")
 # the services' methods people act through: each call is recorded by who, on what, how it ended
-AUDITED_CALLS = {"doctor": ("issue", "issue_therapy", "issue_paper", "revoke"),
+AUDITED_CALLS = {"doctor": ("issue", "issue_therapy", "print_paper", "revoke"),
                  "pharmacy": ("request", "check_pickup_code", "dispense")}
 
 
@@ -85,10 +84,9 @@ async def build_app(config: ControllerConfig) -> web.Application:
         routes, public_paths, authenticate = api.routes(base_url), api.public_paths, access.authenticate
         act_for = access.act_for
 
-    # uploads (a scanned paper prescription) up to documents.MAX_UPLOAD_BYTES; JSON bodies stay capped by
-    # erx_roles.http.MAX_BODY_BYTES
-    app = web.Application(middlewares=api_middlewares(authenticate, public_paths, act_for),
-                          client_max_size=MAX_UPLOAD_BYTES + 1)
+    # aiohttp's own body limit (1 MiB) stays for every route (forms are read before sign-in is checked); the
+    # API's scan upload streams its body up to documents.MAX_UPLOAD_BYTES itself
+    app = web.Application(middlewares=api_middlewares(authenticate, public_paths, act_for))
     if audit is not None:
         app[AUDIT_LOG] = audit
     # Event subscriptions, all wired here (no agent event arrives before the app serves its webhook routes).

@@ -102,6 +102,9 @@ INPUT = "erx_input"
 
 # Bidirectional embeddings, overrides and isolates can make a text display as something else.
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# A 32-byte hex run is a token key's (or a hash's) form: no person writes one, and the records that must
+# never hold a key (the dispense receipt, the audit log) refuse what looks like one.
+KEY_LIKE = re.compile(r"[0-9a-fA-F]{64}")
 _UUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 _ATTRIBUTE_NUMBER = re.compile(r"0|[1-9][0-9]{0,19}")
 _ATTRIBUTE_DATE = re.compile(r"[0-9]{8}")
@@ -184,6 +187,8 @@ def text_problem(value: str) -> str | None:
             return f"contains an unpaired surrogate ({_char(ch)}) at position {i}: not valid Unicode text"
         if ch in _BIDI_CONTROLS:
             return f"contains the bidirectional control character {_char(ch)} at position {i}"
+    if KEY_LIKE.search(value):
+        return "contains a run of 64 hexadecimal digits, the form of a key: write no keys or hashes into a prescription"
     if value[:1] == " " or value[-1:] == " ":
         return "must not begin or end with a space"
     if "  " in value:

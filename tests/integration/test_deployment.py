@@ -56,7 +56,7 @@ def _ports(n: int) -> list[int]:
 def org_settings(name: str, role: str, **extra) -> OrgSettings:
     inbound, admin, controller = _ports(3)
     return OrgSettings(name=name, role=role, label=f"{name} (deployment test)", inbound_port=inbound,
-                       admin_port=admin, controller_port=controller, **extra)
+                       admin_port=admin, controller_port=controller, dev_accounts=True, **extra)
 
 
 def secret_values(home: Path) -> set[str]:

@@ -65,7 +65,7 @@ def test_the_descriptor_refuses_unknown_fields(tmp_path):
 
 def org_settings(**overrides) -> OrgSettings:
     return OrgSettings(**({"name": "clinic", "role": "doctor", "label": "Clinic", "inbound_port": 18020,
-                           "admin_port": 18021, "controller_port": 18022} | overrides))
+                           "admin_port": 18021, "controller_port": 18022, "dev_accounts": True} | overrides))
 
 
 def test_an_organisation_home_holds_its_own_keys_and_a_public_join_request(tmp_path):
@@ -180,3 +180,13 @@ def test_erx_authority_init_writes_a_public_join_request(tmp_path, capsys):
     secrets = set(json.loads((home / "secrets.json").read_text()).values())
     assert not secrets & set(request.values())
     assert "admit-authority" in capsys.readouterr().out
+
+
+def test_a_real_organisation_starts_with_its_operator_only(tmp_path):
+    """No dev prescriber with a made-up physician id in a production home: the operator adds the staff."""
+    bare = Organisation(tmp_path / "real")
+    bare._settings = org_settings(dev_accounts=False)
+    assert [a.role for a in bare.dev_staff()] == ["operator"]
+    dev = Organisation(tmp_path / "dev")
+    dev._settings = org_settings()
+    assert sorted(a.role for a in dev.dev_staff()) == ["operator", "prescriber"]

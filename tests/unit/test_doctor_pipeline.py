@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from types import SimpleNamespace
 
@@ -21,7 +22,9 @@ from erx_core.settings import OfferSettings
 from erx_core.store import Store
 from erx_core.webhooks import Outbox, WebhookSettings
 from erx_roles.context import wire
+from erx_core.documents import codes_in_upload
 from erx_roles.doctor import ISSUE_TOPIC, UNFINISHED_CREATE_AFTER_S, DoctorService, PrescriptionState
+from erx_roles.doctor.service import UNPRINTED_AFTER_S
 from erx_roles.doctor.models import TokenState
 from erx_roles.errors import Unavailable
 from erx_roles.scenario import sample_order
@@ -87,6 +90,9 @@ class FakeChain:
 
 class FakeAdmin:
     sign_jws = LocalSigner().sign_jws
+
+    async def did_verkey(self, did):  # the ledger does not answer: the page is printed without the verkey
+        raise AdminApiError("GET", "/ledger/did-verkey", 503, "no quorum")
 
     def __init__(self):
         self.offers: dict[str, CredentialExchange] = {}
@@ -367,16 +373,61 @@ async def test_a_paper_prescription_is_returned_once_its_token_is_mined_with_a_c
     service, admin, chain, outbox = doctor(tmp_path)
     signer = LocalSigner()
     service.ctx.admin.sign_jws = signer.sign_jws
-    printing = asyncio.create_task(service.issue_paper([order()]))
+    service.ctx.admin.did_verkey = lambda did: _verkey(signer)
+    printing = asyncio.create_task(service.print_paper([order()]))
     await asyncio.sleep(0.05)
     assert not printing.done(), "nothing to print before the token exists"
     chain.mine()
-    ((record, code, text),) = await asyncio.wait_for(printing, 5)
-    assert record.state == PrescriptionState.ISSUED and record.channel == "paper" and record.token_state == "created"
+    (record,), pdf = await asyncio.wait_for(printing, 5)
+    assert record.state == PrescriptionState.PRINTING and record.channel == "paper" and record.token_state == "created"
+    (text,) = codes_in_upload(pdf, "application/pdf")
     opened = paper.open_pickup_code(paper.parse_pickup_code(text), signer.verkey)
-    assert opened == code and opened.channel == "paper" and opened.token.address == record.token_address
-    assert code.token.secret_key.get_secret_value() not in service.records.get(record.prescription_id).model_dump_json()
-    assert events(outbox) == ["prescription.issued"]
+    assert opened.channel == "paper" and opened.token.address == record.token_address
+    key = opened.token.secret_key.get_secret_value()
+    assert key not in service.records.get(record.prescription_id).model_dump_json()
+    assert events(outbox) == [], "issued once handed over"
+    await service.handed_over([record])
+    assert service.get(record.prescription_id).state == PrescriptionState.ISSUED
+    assert events(outbox) == ["prescription.issued"] and key not in json.dumps(outbox.events()[0].data)
+
+
+async def _verkey(signer: LocalSigner) -> str:
+    return signer.verkey
+
+
+async def test_a_printout_never_handed_over_has_its_token_cancelled(tmp_path):
+    service, admin, chain, _ = doctor(tmp_path)
+    service.ctx.admin.sign_jws = LocalSigner().sign_jws
+    chain.mine()
+    (record,), _ = await service.print_paper(therapy_orders(order(), TherapyPlan(parts=2, interval_days=28))[:1])
+    assert await service.cancel_unprinted(now=time.time() + 60) == [], "not yet: the page may still go out"
+    assert await service.cancel_unprinted(now=time.time() + UNPRINTED_AFTER_S + 1) == [record.prescription_id]
+    assert chain.cancelled == [record.token_address]
+    assert service.get(record.prescription_id).state == PrescriptionState.FAILED
+
+
+async def test_a_paper_therapy_with_one_failed_token_prints_nothing_and_cancels_the_others(tmp_path):
+    service, _, chain, _ = doctor(tmp_path)
+    service.ctx.admin.sign_jws = LocalSigner().sign_jws
+    submit = service.tokens.submit
+    calls = []
+
+    def failing_second(pid, spec):  # the second part's create fails, the others are mined
+        calls.append(pid)
+        if len(calls) == 2:
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(TransactionReverted("0x2"))
+            return future
+        return submit(pid, spec)
+
+    service.tokens.submit = failing_second
+    chain.mine()
+    with pytest.raises(Unavailable):
+        await service.print_paper(therapy_orders(order(), TherapyPlan(parts=3, interval_days=28)))
+    records = sorted(service.records.all(), key=lambda r: r.part)
+    assert [r.state for r in records] == [PrescriptionState.FAILED] * 3
+    assert sorted(chain.cancelled) == sorted(r.token_address for r in records if r.token_state == "created")
+    assert len(chain.cancelled) == 2, "the two created tokens are cancelled: no part is redeemable"
 
 
 async def test_a_paper_prescription_whose_token_fails_prints_nothing(tmp_path):
@@ -384,7 +435,7 @@ async def test_a_paper_prescription_whose_token_fails_prints_nothing(tmp_path):
     chain.outcome = TransactionReverted("0x1")
     chain.mine()
     with pytest.raises(Unavailable):
-        await service.issue_paper([order()])
+        await service.print_paper([order()])
     (record,) = service.records.all()
     assert record.state == PrescriptionState.FAILED and "nothing was printed" in record.error
 

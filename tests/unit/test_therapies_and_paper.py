@@ -158,3 +158,12 @@ def test_a_pickup_code_reads_as_the_prescription_a_presentation_reveals():
 def test_a_pickup_codes_verdict_is_trust_then_the_token(trusted, chain, reason):
     refusal = pickup_refusal(code(), trusted, chain)
     assert (refusal.reason if refusal else None) == reason
+
+
+def test_the_wallet_never_shows_the_pickup_code_or_the_key_in_what_it_lists():
+    from erx_roles.patient.service import disclosed
+
+    attrs = {"pickup_code": "ERX1:aGVhZGVy.cGF5bG9hZA.c2ln", "token_secret_key": "0x" + "a7" * 32, "quantity": "20"}
+    shown = disclosed(attrs, list(attrs))
+    assert [a.masked for a in shown] == [True, True, False]
+    assert "ERX1" not in repr(shown) and "a7a7" not in repr(shown)

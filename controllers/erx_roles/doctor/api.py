@@ -13,7 +13,6 @@ from erx_core.audit import AuditAction
 from erx_core.staff import Action
 from erx_roles.api import Api, Page, PageQuery, WaitQuery, read_page
 from erx_roles.connections import connection_api
-from erx_core.documents import paper_prescriptions_pdf
 from erx_roles.doctor.models import (DoctorStatus, FhirIssueRequest, FhirTherapyRequest, IssueRequest, PaperRequest,
                                      PrescriptionState, PrescriptionView, TherapyRequest, TherapyView)
 from erx_roles.doctor.service import DoctorService
@@ -26,6 +25,9 @@ from erx_schemas.prescription import Prescriber, therapy_orders
 
 
 VIEW = Action.VIEW
+
+
+UNSETTLED = (PrescriptionState.OFFERED, PrescriptionState.CREATING_TOKEN, PrescriptionState.PRINTING)
 
 
 def prescriber(request: web.Request) -> Prescriber:
@@ -115,13 +117,12 @@ def doctor_api(service: DoctorService) -> Api:
             orders = therapy_orders(body.order, body.plan) if body.plan else [body.order]
         except ValidationError as exc:
             raise ApiError(422, "invalid request body", fields=field_problems(exc)) from None
-        printed = await service.issue_paper(orders, prescriber=prescriber(request))
-        pdf = paper_prescriptions_pdf([(code, text) for _, code, text in printed],
-                                      signer_verkey=await service.signing_verkey())
-        ids_header = ",".join(record.prescription_id for record, _, _ in printed)
-        return web.Response(body=pdf, status=201, content_type="application/pdf", headers={
-            "Erx-Prescription-Ids": ids_header, "Cache-Control": "no-store",
-            "Content-Disposition": f'attachment; filename="prescription-{printed[0][0].prescription_id}.pdf"'})
+        records, pdf = await service.print_paper(orders, prescriber=prescriber(request))
+        response = web.Response(body=pdf, status=201, content_type="application/pdf", headers={
+            "Erx-Prescription-Ids": ",".join(r.prescription_id for r in records), "Cache-Control": "no-store",
+            "Content-Disposition": f'attachment; filename="prescription-{records[0].prescription_id}.pdf"'})
+        await service.handed_over(records)  # the answer goes out now (a crash before: cancelled by housekeeping)
+        return response
 
     @api.operation("GET", "/api/therapies/{therapy_id}", tag=tag, response=TherapyView, errors=(404,), action=VIEW,
                    summary="A therapy's parts, each with its live status")
@@ -134,10 +135,17 @@ def doctor_api(service: DoctorService) -> Api:
         return [fhir_request(record) for record in service.therapy(therapy_id)]
 
     @api.operation("POST", "/api/therapies/{therapy_id}/revoke", tag=tag, response=TherapyView,
-                   summary="Revoke every issued part of a therapy not yet revoked", errors=(404, 502, 503),
+                   summary="Revoke every issued part of a therapy not yet revoked", errors=(404, 409, 502, 503),
                    action=Action.REVOKE, audit=AuditAction.REVOKED)
     async def revoke_therapy(_: web.Request, therapy_id: str) -> TherapyView:
-        for record in service.therapy(therapy_id):
+        """A 409 while a part is still on its way (offered, its token being created, or printing): such a
+        part would become redeemable after the revoke. Revoke once the wallet has answered."""
+        parts = service.therapy(therapy_id)
+        unsettled = [r.part for r in parts if r.state in UNSETTLED]
+        if unsettled:
+            raise Conflict(f"part(s) {', '.join(map(str, unsettled))} are not issued yet (offered to the wallet or "
+                           "their token on its way): revoke the therapy once they are")
+        for record in parts:
             if record.state == PrescriptionState.ISSUED:
                 await service.revoke(record.prescription_id)
         return await therapy_view(service.therapy(therapy_id))

@@ -15,6 +15,7 @@ from erx_schemas.prescription import Prescriber, PrescriptionOrder, TherapyPart,
 
 class PrescriptionState(StrEnum):
     CREATING_TOKEN = "creating_token"
+    PRINTING = "printing"  # paper: the token is mined, the page not handed over yet (`issued` once it is)
     OFFERED = "offered"
     ISSUED = "issued"
     DECLINED = "declined"

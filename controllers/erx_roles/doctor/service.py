@@ -26,6 +26,7 @@ from pydantic import SecretStr
 from erx_contracts.client import TokenSpec, TxResult, new_prescription_key
 from erx_contracts.errors import ChainError, ChainUnavailable, ContractError, ReceiptTimeout
 from erx_core.acapy_admin import AdminApiError, AgentUnreachable, CredExState
+from erx_core.documents import paper_prescriptions_pdf
 from erx_core.events import Handler, Payload
 from erx_core.recovery import SetAside
 from erx_core.webhooks import EventType
@@ -45,6 +46,7 @@ ISSUE_TOPIC = "issue_credential_v2_0"
 # an issuance still at its token after this long will not go on: the controller lost the one-time key
 REVOCATION_VISIBLE_S = 8.0  # how long a revoke waits for the pool to show the revocation it published
 UNFINISHED_CREATE_AFTER_S = 90  # > the chain client's receipt timeout: no create of this process is still waiting
+UNPRINTED_AFTER_S = 15 * 60  # a paper prescription not handed over by then is cancelled (> the page's 10 min)
 
 
 class DoctorService:
@@ -157,7 +159,7 @@ class DoctorService:
         if self.cred_def_id is None:
             raise Conflict("the practice is not onboarded yet")
         await require_active_connection(self.ctx, connection_id)
-        return await self._issue(connection_id, order, prescriber or self.prescriber, therapy)
+        return await self._issue(connection_id, await self._for_wallet(order, prescriber or self.prescriber, therapy))
 
     async def issue_therapy(self, connection_id: str, orders: list[PrescriptionOrder],
                             prescriber: Prescriber | None = None) -> list[IssuedPrescription]:
@@ -170,10 +172,12 @@ class DoctorService:
             raise Conflict("the practice is not onboarded yet")
         await require_active_connection(self.ctx, connection_id)
         therapy_id, count = str(uuid.uuid4()), len(orders)
-        outcomes = await asyncio.gather(*(
-            self._issue(connection_id, order, prescriber or self.prescriber,
-                        TherapyPart(therapy_id=therapy_id, part=number, parts=count))
-            for number, order in enumerate(orders, start=1)), return_exceptions=True)
+        # every part made and signed before any is offered: a signing failure leaves no part behind
+        prepared = [await self._for_wallet(order, prescriber or self.prescriber,
+                                           TherapyPart(therapy_id=therapy_id, part=number, parts=count))
+                    for number, order in enumerate(orders, start=1)]
+        outcomes = await asyncio.gather(*(self._issue(connection_id, made) for made in prepared),
+                                        return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException) and not isinstance(outcome, UpstreamRefused):
                 raise outcome
@@ -186,12 +190,50 @@ class DoctorService:
             raise not_found(f"therapy {therapy_id}")
         return parts
 
-    async def issue_paper(self, orders: list[PrescriptionOrder], prescriber: Prescriber | None = None
-                          ) -> list[tuple[IssuedPrescription, PickupCode, str]]:
-        """Paper prescriptions for a patient without a wallet: one order, or the parts of a therapy. Each
-        gets its token, mined before this returns (the page is only worth printing once its token
-        exists), and its pickup code signed by the practice's DID key. Returns each record with its code
-        and the code's text, which hold the one-time key: returned once for printing, never stored."""
+    async def print_paper(self, orders: list[PrescriptionOrder], prescriber: Prescriber | None = None
+                          ) -> tuple[list[IssuedPrescription], bytes]:
+        """Paper prescriptions for a patient without a wallet: one order, or the parts of a therapy, and the
+        PDF to print (a page each). Each token is mined before this returns (a page is only worth printing
+        once its token exists); each pickup code is signed by the practice's DID key. The records are
+        `printing` until `handed_over` is called: the PDF holds the one-time keys and is never stored, so
+        a page that is never handed over (the answer lost, the process dead) has its token cancelled by the
+        housekeeping loop (`cancel_unprinted`) instead of staying redeemable by nobody's paper."""
+        printed = await self._issue_paper(orders, prescriber)
+        pdf = await asyncio.to_thread(paper_prescriptions_pdf, [(code, text) for _, code, text in printed],
+                                      signer_verkey=await self.signing_verkey())
+        return [record for record, _, _ in printed], pdf
+
+    async def handed_over(self, records: list[IssuedPrescription]) -> None:
+        """The printout left the practice's controller: the paper prescriptions are `issued`."""
+        for record in records:
+            async with self._lock(record.prescription_id):
+                current = self.get(record.prescription_id)
+                if current.state == PrescriptionState.PRINTING:
+                    current.state = PrescriptionState.ISSUED
+                    self._commit(current, EventType.ISSUED)
+
+    async def cancel_unprinted(self, now: float | None = None, after_s: float = UNPRINTED_AFTER_S) -> list[str]:
+        """Paper prescriptions whose page was never handed over: their token is cancelled, the record fails."""
+        now = time.time() if now is None else now
+        cancelled = []
+        for record in list(self.records.find_all("state", PrescriptionState.PRINTING)):
+            if now - record.created_at >= after_s and record.prescription_id not in self._following:
+                await self._unprint(record.prescription_id, "the printout was never handed over")
+                cancelled.append(record.prescription_id)
+        return cancelled
+
+    async def _unprint(self, prescription_id: str, why: str) -> None:
+        async with self._lock(prescription_id):
+            record = self.get(prescription_id)
+            if record.state != PrescriptionState.PRINTING:
+                return
+            status = await self.ctx.chain.status(record.token_address)
+            if status.exists and not status.cancelled:
+                await self.ctx.chain.cancel(record.token_address)
+            self._fail(self.get(prescription_id), f"{why}: its token was cancelled; print it again")
+
+    async def _issue_paper(self, orders: list[PrescriptionOrder], prescriber: Prescriber | None
+                           ) -> list[tuple[IssuedPrescription, PickupCode, str]]:
         if self.cred_def_id is None or self.issuer_did is None:
             raise Conflict("the practice is not onboarded yet")
         if len(orders) > 1 and (problem := therapy_problem(orders)) is not None:
@@ -202,39 +244,36 @@ class DoctorService:
                  for n in range(1, len(orders) + 1)]
         made = [self._new_prescription(order, prescriber, part) for order, part in zip(orders, parts, strict=True)]
         codes = [await self._pickup_code(prescription, "paper") for prescription, _ in made]  # before any token
-        records = []
-        for (prescription, spec), _ in zip(made, codes, strict=True):
-            records.append(self._put(self._record_of(prescription, "", Channel.PAPER)))
+        records = [self._put(self._record_of(prescription, "", Channel.PAPER)) for prescription, _ in made]
         self._following.update(r.prescription_id for r in records)
         try:
             outcomes = await asyncio.gather(*(self.tokens.submit(r.prescription_id, spec)
                                               for r, (_, spec) in zip(records, made, strict=True)),
                                             return_exceptions=True)
-        finally:
-            self._following.difference_update(r.prescription_id for r in records)
-        printed = []
-        for record, outcome, (code, text) in zip(records, outcomes, codes, strict=True):
-            await self._token_outcome(record.prescription_id, outcome)  # created, failed, or left to the journal
-            async with self._lock(record.prescription_id):
-                record = self.get(record.prescription_id)
-                if record.token_state == TokenState.CREATED and record.state == PrescriptionState.CREATING_TOKEN:
-                    record.state = PrescriptionState.ISSUED
-                    self._commit(record, EventType.ISSUED)
-            printed.append((self.get(record.prescription_id), code, text))
-        unprinted = [r for r, _, _ in printed if r.state != PrescriptionState.ISSUED]
-        if unprinted:
-            # a page whose token does not exist (yet) must not be handed out: issue again
-            for record in unprinted:
+            for record, outcome in zip(records, outcomes, strict=True):
+                await self._token_outcome(record.prescription_id, outcome)  # created, failed, or left to the journal
                 async with self._lock(record.prescription_id):
                     current = self.get(record.prescription_id)
-                    if current.state == PrescriptionState.CREATING_TOKEN and current.token_state == TokenState.FAILED:
-                        self._fail(current, f"{current.error}; nothing was printed")
-                    elif current.state == PrescriptionState.CREATING_TOKEN:  # settled by the housekeeping loop
-                        current.error = current.error or "its token was not confirmed in time: not printed"
+                    if current.token_state == TokenState.CREATED and current.state == PrescriptionState.CREATING_TOKEN:
+                        current.state = PrescriptionState.PRINTING
                         self._put(current)
-            raise unavailable(f"{len(unprinted)} of {len(printed)} token(s) were not confirmed by the chain: nothing "
-                              "to print; the practice's housekeeping cancels what was created. Issue again.")
-        return printed
+        finally:
+            self._following.difference_update(r.prescription_id for r in records)
+        records = [self.get(r.prescription_id) for r in records]
+        if all(r.state == PrescriptionState.PRINTING for r in records):
+            return [(r, code, text) for r, (code, text) in zip(records, codes, strict=True)]
+        # Not every token exists (yet): nothing is printed, and a part is no use without the others. What was
+        # created is cancelled now; a create still unconfirmed is settled by the housekeeping loop.
+        for record in records:
+            if record.state == PrescriptionState.PRINTING:
+                await self._unprint(record.prescription_id, "another part's token was not created")
+            elif record.state == PrescriptionState.CREATING_TOKEN and record.token_state == TokenState.FAILED:
+                async with self._lock(record.prescription_id):
+                    current = self.get(record.prescription_id)
+                    self._fail(current, f"{current.error}; nothing was printed")
+        failed = sum(r.token_state != TokenState.CREATED for r in records)
+        raise unavailable(f"{failed} of {len(records)} token(s) were not confirmed by the chain: nothing was printed, "
+                          "and what was created is cancelled. Print again.")
 
     async def signing_verkey(self) -> str | None:
         """The verkey the ledger holds for the practice's DID (printed on paper, for whoever verifies by
@@ -285,12 +324,17 @@ class DoctorService:
             parts=therapy.parts if therapy else 1, token_address=prescription.token.address,
             token_state=TokenState.PENDING)
 
-    async def _issue(self, connection_id: str, order: PrescriptionOrder, prescriber: Prescriber,
-                     therapy: TherapyPart | None) -> IssuedPrescription:
+    async def _for_wallet(self, order: PrescriptionOrder, prescriber: Prescriber, therapy: TherapyPart | None
+                          ) -> tuple[Prescription, TokenSpec]:
+        """A new prescription with its key and token, carrying the wallet's copy of its pickup code (for a
+        representative), signed before anything is recorded or sent."""
         prescription, spec = self._new_prescription(order, prescriber, therapy)
-        pid = prescription.prescription_id
-        # the wallet's copy of the pickup code, for a representative (signed before anything is recorded)
         prescription.pickup_code = (await self._pickup_code(prescription, "wallet"))[1]
+        return prescription, spec
+
+    async def _issue(self, connection_id: str, made: tuple[Prescription, TokenSpec]) -> IssuedPrescription:
+        prescription, spec = made
+        order, therapy, pid = prescription.order, prescription.therapy, prescription.prescription_id
         self._put(self._record_of(prescription, connection_id, Channel.WALLET))
         # The create and the offer go at once: the token's address is known from the key already, and a
         # credential whose token never comes to exist is refused by every pharmacy (`unknown token`).
@@ -675,6 +719,8 @@ class DoctorService:
                     LOG.info("%d unfinished issuance(s) settled from the chain", len(failed))
                 if tokens := await self.settle_pending_tokens():
                     LOG.info("%d pending token create(s) settled from the journal", len(tokens))
+                if unprinted := await self.cancel_unprinted():
+                    LOG.info("%d paper prescription(s) never handed over: tokens cancelled", len(unprinted))
             except Exception:  # e.g. the chain is restarting: try again next round
                 LOG.exception("expiring stale offers failed")
             await asyncio.sleep(interval)

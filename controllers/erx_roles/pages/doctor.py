@@ -17,7 +17,6 @@ from pydantic import ValidationError
 from erx_core.audit import AuditAction
 from erx_core.staff import Action
 from erx_roles.connections import create_invitation
-from erx_core.documents import paper_prescriptions_pdf
 from erx_roles.doctor.models import IssueRequest, PaperRequest, PrescriptionState
 from erx_roles.doctor.service import DoctorService
 from erx_roles.errors import DomainError, not_found
@@ -106,7 +105,7 @@ def blank_form(connection_id: str = "", default_days: int = DEFAULT_VALIDITY_DAY
 class DoctorPages:
     def __init__(self, service: DoctorService, links: ShortLinks, live: LiveHub):
         self.service, self.ctx, self.links, self.live = service, service.ctx, links, live
-        self._printouts: dict[str, tuple[float, bytes]] = {}  # printout id -> (kept until, PDF)
+        self._printouts: dict[str, tuple[float, bytes, list]] = {}  # printout id -> (kept until, PDF, records)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -216,22 +215,19 @@ class DoctorPages:
         """Paper prescriptions: issued (their tokens mined), then offered for download once. The PDF holds
         the tokens' one-time keys, so it is kept in memory only, for this session, until it is downloaded
         or PRINTOUT_KEPT_S have passed; after a restart it is gone (revoke and print anew)."""
-        printed = await self.service.issue_paper(orders, prescriber=acting_prescriber(request))
-        pdf = paper_prescriptions_pdf([(code, text) for _, code, text in printed],
-                                      signer_verkey=await self.service.signing_verkey())
+        records, pdf = await self.service.print_paper(orders, prescriber=acting_prescriber(request))
         printout_id = secrets.token_urlsafe(16)
         self._forget_old_printouts()
-        self._printouts[printout_id] = (time.monotonic() + PRINTOUT_KEPT_S, pdf)
+        self._printouts[printout_id] = (time.monotonic() + PRINTOUT_KEPT_S, pdf, records)
         session = await get_session(request)
         session["printouts"] = [*session.get("printouts", [])[-4:], printout_id]
         self.live.notify("prescription")
-        records = [record for record, _, _ in printed]
         return await render(request, "doctor_paper.html", {"printout_id": printout_id, "records": records,
                                                            "kept_min": PRINTOUT_KEPT_S // 60}, status=201)
 
     def _forget_old_printouts(self) -> None:
         now = time.monotonic()
-        for printout_id in [p for p, (until, _) in self._printouts.items() if until < now]:
+        for printout_id in [p for p, (until, _, _) in self._printouts.items() if until < now]:
             del self._printouts[printout_id]
 
     @page_action(Action.ISSUE)
@@ -243,10 +239,13 @@ class DoctorPages:
         if printout_id not in session.get("printouts", []) or printout_id not in self._printouts:
             raise web.HTTPNotFound(text="This printout was downloaded already or has expired: revoke the "
                                         "prescription and print it again.")
-        _, pdf = self._printouts.pop(printout_id)
+        _, pdf, records = self._printouts.pop(printout_id)
         session["printouts"] = [p for p in session.get("printouts", []) if p != printout_id]
-        return web.Response(body=pdf, content_type="application/pdf", headers={
+        response = web.Response(body=pdf, content_type="application/pdf", headers={
             "Content-Disposition": 'attachment; filename="paper-prescription.pdf"', "Cache-Control": "no-store"})
+        await self.service.handed_over(records)  # the download goes out now: the paper prescriptions are issued
+        self.live.notify("prescription")
+        return response
 
     def _record(self, request: web.Request):
         record = self.service.records.get(request.match_info["prescription_id"])

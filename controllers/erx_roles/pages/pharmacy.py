@@ -13,7 +13,7 @@ from aiohttp_session import get_session
 from pydantic import ValidationError
 
 from erx_core.audit import AuditAction
-from erx_core.documents import MAX_UPLOAD_BYTES, UploadRejected, codes_in_upload
+from erx_core.documents import UploadRejected, codes_in_upload
 from erx_core.staff import Action
 from erx_roles.connections import create_invitation
 from erx_roles.errors import DomainError, InvalidRequest, not_found
@@ -124,7 +124,7 @@ class PharmacyPages:
         form = await request.post()
         upload, text = form.get("scan"), str(form.get("code") or "").strip()
         try:
-            if isinstance(upload, web.FileField) and (data := upload.file.read(MAX_UPLOAD_BYTES + 1)):
+            if isinstance(upload, web.FileField) and (data := upload.file.read()):
                 codes = await asyncio.to_thread(codes_in_upload, data, upload.content_type)
                 text = next((c for c in codes if c.startswith(PICKUP_PREFIX)), "")
                 if not text:

@@ -34,6 +34,8 @@ TOKEN_KEY = "token_secret_key"
 PICKUP_CODE = "pickup_code"  # the practice-signed code a representative redeems with: holds the token key too
 NOT_LISTED = {TOKEN_KEY, PICKUP_CODE}
 MASK = "•••••••• (one-time redemption key, masked)"
+PICKUP_MASK = ("the practice's signed code for someone collecting for you: shown under “Pickup code for someone "
+               "else” once stored")
 DATE_ATTRIBUTES = {"patient_birth_date", "valid_from", "valid_until", "issue_date"}
 SYMBOLS = {">=": "≥", ">": ">", "<=": "≤", "<": "<"}
 
@@ -73,6 +75,8 @@ def disclosed(attrs: dict[str, str], names: list[str]) -> list[Attribute]:
     def attribute(name: str) -> Attribute:
         if name == TOKEN_KEY:
             return Attribute(name=name, value=MASK, masked=True)
+        if name == PICKUP_CODE:  # it holds the token key too
+            return Attribute(name=name, value=PICKUP_MASK if attrs.get(name) else "", masked=True)
         value = attrs.get(name, "")
         shown = readable(name, value)
         return Attribute(name=name, value=value, readable=shown if shown != value else "")

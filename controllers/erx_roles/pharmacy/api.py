@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from erx_core.documents import UploadRejected, codes_in_upload
+from erx_core.documents import MAX_UPLOAD_BYTES, UploadRejected, codes_in_upload
 from erx_roles.http import ApiError
 from erx_schemas.paper import PREFIX as PICKUP_PREFIX
 
@@ -62,7 +62,15 @@ def pharmacy_api(service: PharmacyService) -> Api:
     async def scan_pickup_code(request: web.Request) -> DispenseCheck:
         """The request body is the image or PDF itself, with its Content-Type; the first QR code in it
         that is a pickup code is checked as by `POST /api/pickup-codes`."""
-        data = await request.read()
+        if request.content_length is not None and request.content_length > MAX_UPLOAD_BYTES:
+            raise ApiError(413, f"the upload is larger than {MAX_UPLOAD_BYTES // 2**20} MiB")
+        chunks, size = [], 0
+        async for chunk in request.content.iter_chunked(64 * 1024):  # streamed: past aiohttp's 1 MiB limit
+            size += len(chunk)
+            if size > MAX_UPLOAD_BYTES:
+                raise ApiError(413, f"the upload is larger than {MAX_UPLOAD_BYTES // 2**20} MiB")
+            chunks.append(chunk)
+        data = b"".join(chunks)
         try:
             codes = await asyncio.to_thread(codes_in_upload, data, request.content_type)
         except UploadRejected as exc:

@@ -165,13 +165,14 @@ class PharmacyService:
                         await self._recover_spend(check)
                     except (AdminApiError, ChainError, DomainError) as exc:
                         LOG.warning("check %s: spend not finished yet: %s", check.check_id, exc)
-                # receipts not signed or not delivered yet, events not recorded yet (failures are logged there)
+                if expired := await self.expire_stale():
+                    LOG.info("%d check(s) timed out", len(expired))
+                # receipts not signed or not delivered yet, events not recorded yet (failures are logged there);
+                # last, so that a slow agent delays no spend's recovery and no expiry
                 for step in AfterDispense:
                     for check in list(self.checks.find_all("after_dispense", step)):
                         if not self._lock(check.check_id).locked():
                             await self._resume_after_dispense(check.check_id)
-                if expired := await self.expire_stale():
-                    LOG.info("%d check(s) timed out", len(expired))
             except Exception:  # e.g. the agent is restarting: try again next round
                 LOG.exception("housekeeping of checks failed")
 
