@@ -400,14 +400,20 @@ class AcaPyAdmin:
     async def delete_presentation_exchange(self, pres_ex_id: str) -> None:
         await self._request("DELETE", self._path("/present-proof-2.0/records/{id}", id=("record", pres_ex_id)))
 
-    async def credentials_for_request(self, pres_ex_id: str, page: int = 100) -> list[CredentialMatch]:
+    async def credentials_for_request(self, pres_ex_id: str, page: int = 100,
+                                      prescription_id: str | None = None) -> list[CredentialMatch]:
         """Every held credential that answers some of the request's referents. ACA-Py returns 10 unless
-        asked for more, so a wallet holding many prescriptions would miss the one the user chose."""
+        asked for more, so a wallet holding many prescriptions would miss the one the user chose.
+        `prescription_id` narrows the search to the credentials of that prescription (a tag query in the
+        wallet): a chosen credential is found without reading the whole history."""
         path = self._path("/present-proof-2.0/records/{id}/credentials", id=("record", pres_ex_id))
+        # the attribute tag ACA-Py's AnonCreds holder stores each credential with; the value is JSON in
+        # a query parameter, which the HTTP client percent-encodes
+        narrow = None if prescription_id is None else json.dumps({"attr::prescription_id::value": prescription_id})
         merged: dict[str, CredentialMatch] = {}
         start = 0
         while True:
-            batch = await self._get(path, start=start, count=page)
+            batch = await self._get(path, start=start, count=page, extra_query=narrow)
             for found in map(CredentialMatch.model_validate, batch):
                 # each referent is queried on its own: merge what a credential answers
                 seen = merged.setdefault(found.cred_info.referent, found)

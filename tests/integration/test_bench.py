@@ -34,11 +34,13 @@ async def test_ledger_bench_quick():
 
 async def test_agents_bench_quick(network: Network):
     doc = assert_report(await run_agents(network, quick=True, progress=lambda m: None),
-                        {"issued_per_s", "verified_per_s", "ceiling_sign_per_s", "ceiling_verify_per_s"})
+                        {"issued_per_s", "verified_per_s", "ceiling_sign_per_s", "ceiling_verify_per_s",
+                         "machine_crypto_issue_per_s", "machine_crypto_verify_per_s"})
     assert doc["summary"]["failed"] == 0
     assert [(r["phase"], r["concurrency"]) for r in doc["levels"]] == [
         ("issue", 1), ("verify", 1), ("issue", 2), ("verify", 2)]
     assert all(r["cpu"] for r in doc["levels"]), "CPU per process is measured for every phase"
+    assert all(r["cpu_ms_per_op_total"] > 0 and 0 < r["crypto_share"] < 1 for r in doc["levels"]), doc["levels"]
     assert "agents bench" not in render_agents(doc) and "concurrency" in render_agents(doc)
 
 

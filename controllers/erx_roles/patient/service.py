@@ -141,7 +141,9 @@ class PatientService:
         request = record.request
         credential_id = (credential_id or self._chosen.pop(record.invitation_id, None)
                          or self._chosen.pop(record.connection_id or "", None))
-        candidates = await self.ctx.admin.credentials_for_request(pres_ex_id)
+        narrow = await self._prescription_of(credential_id) if credential_id else None
+        candidates = [] if credential_id and narrow is None else \
+            await self.ctx.admin.credentials_for_request(pres_ex_id, prescription_id=narrow)
         referents = list(request.get("requested_attributes", {})) + list(request.get("requested_predicates", {}))
         usable = [c.cred_info for c in candidates if set(referents) <= set(c.presentation_referents)]
         if credential_id:
@@ -175,6 +177,16 @@ class PatientService:
                                                             f"{exc.reason}")
             return {"pres_ex_id": pres_ex_id, "state": "declined", "reason": exc.reason}
         return {"pres_ex_id": pres_ex_id, "state": "presentation-sent", "credential_id": chosen.referent}
+
+    async def _prescription_of(self, credential_id: str) -> str | None:
+        """The prescription a chosen credential holds, to look only at its credentials; None (nothing
+        matches) for one that is not in this wallet."""
+        try:
+            return (await self.ctx.admin.credential(credential_id)).attrs.get("prescription_id", "")
+        except AdminApiError as exc:
+            if isinstance(exc, AgentUnreachable) or exc.status >= 500:
+                raise
+            return None
 
     # -- the user decides (auto_respond off) ------------------------------------------------------
     async def _label(self, connection_id: str | None, invitation_id: str = "") -> str:
