@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # the launcher's system is handed in; the bench never builds 
 
 LEVELS = [1, 4, 16, 32]
 QUICK_LEVELS = [1, 2]
+PREFILL_CONCURRENCY = 32  # untimed; as many at once as the top level
 
 
 class Failed:
@@ -152,7 +153,8 @@ async def run_agents(network: Network, quick: bool = False, concurrency: int | N
         connection_id, _ = await s.connect(doctor, patient)
         if prefill:
             progress(f"agents bench: pre-filling the wallets with {prefill} prescriptions (untimed)")
-            _, _, filled = await _rate(prefill, 16, lambda i: s.issue(doctor, connection_id, sample_order()),
+            _, _, filled = await _rate(prefill, PREFILL_CONCURRENCY,
+                                       lambda i: s.issue(doctor, connection_id, sample_order()),
                                        tick=_every(max(prefill // 20, 1), progress, "pre-filled"))
             progress(f"agents bench: pre-filled, {_failures(filled, lambda p: p['state'] == 'issued')[0]} failed")
         for level in levels:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 
@@ -97,7 +98,28 @@ def cmd_test(args) -> int:
         print("erx: the import layers are broken (see above)", file=sys.stderr)
         return 1
     cmd = [sys.executable, "-m", "pytest", *args.pytest_args]
-    return subprocess.call(cmd, cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    tests = subprocess.Popen(cmd, cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        return tests.wait()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: pytest tears its fixtures down (stopping their networks)
+        tests.send_signal(signal.SIGINT)
+        try:
+            return tests.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            tests.terminate()
+            raise
+
+
+async def on_system(net: LocalSystem, work):
+    """Run `work()` on the system, brought up first. A system that was not running before is stopped
+    afterwards, also when the work fails or is interrupted: a bench leaves no processes behind."""
+    already = bool(net.supervisor.running())
+    try:
+        await net.up()
+        return await work()
+    finally:
+        if not already:
+            net.down()
 
 
 POSTGRES_BENCH_PORT = 55432  # `bench --storage postgres`: the agents' clusters on this port and the next ones
@@ -123,11 +145,10 @@ def cmd_bench(args) -> int:
                 a.model_copy(update={"storage": "postgres", "postgres_port": a.postgres_port or POSTGRES_BENCH_PORT + i})
                 for i, a in enumerate(settings.agents)]})
         net = LocalSystem(settings, progress)
-        await net.up()
         if args.target == "agents":
-            return await agents.run_agents(net, quick=args.quick, progress=progress, prefill=args.prefill,
-                                           levels=args.levels)
-        return await flow.run_flow_bench(net, quick=args.quick, progress=progress)
+            return await on_system(net, lambda: agents.run_agents(
+                net, quick=args.quick, progress=progress, prefill=args.prefill, levels=args.levels))
+        return await on_system(net, lambda: flow.run_flow_bench(net, quick=args.quick, progress=progress))
 
     report = asyncio.run(run())
     render = {"ledger": ledger.render, "agents": agents.render, "flow": flow.render}[args.target]
@@ -422,4 +443,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # SIGTERM (a supervisor, `kill`, a CI timeout) ends a command as Ctrl-C does: what it started is
+    # stopped on the way out. A background job's Ctrl-C is ignored by its shell, so this is the way.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     sys.exit(main())

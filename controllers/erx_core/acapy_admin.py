@@ -407,9 +407,11 @@ class AcaPyAdmin:
         `prescription_id` narrows the search to the credentials of that prescription (a tag query in the
         wallet): a chosen credential is found without reading the whole history."""
         path = self._path("/present-proof-2.0/records/{id}/credentials", id=("record", pres_ex_id))
-        # the attribute tag ACA-Py's AnonCreds holder stores each credential with; the value is JSON in
-        # a query parameter, which the HTTP client percent-encodes
-        narrow = None if prescription_id is None else json.dumps({"attr::prescription_id::value": prescription_id})
+        # the attribute tag ACA-Py's AnonCreds holder stores each credential with, as WQL. ACA-Py's route
+        # only lets through an object whose values are objects, hence `$in`; the value is JSON in a query
+        # parameter, which the HTTP client percent-encodes
+        narrow = None if prescription_id is None else \
+            json.dumps({"attr::prescription_id::value": {"$in": [prescription_id]}})
         merged: dict[str, CredentialMatch] = {}
         start = 0
         while True:

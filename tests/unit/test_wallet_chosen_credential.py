@@ -88,6 +88,30 @@ async def test_without_a_choice_the_wallet_still_considers_all_it_holds(wallet):
     assert agent.searches == [None]
 
 
+async def test_an_odd_prescription_id_is_searched_for_unnarrowed(wallet):
+    agent, service = wallet
+    agent.held["cred-3"]["attrs"]["prescription_id"] = 'rx"}]} odd'
+    assert (await service.approve(EXCHANGE, credential_id="cred-3"))["credential_id"] == "cred-3"
+    assert agent.searches == [None]
+
+
+async def test_the_narrowing_passes_acapy_s_own_check_of_extra_queries():
+    """ACA-Py's route validates `extra_query` before the holder sees it (a plain value is a 422)."""
+    from acapy_agent.messaging.valid import IndyExtraWQL
+
+    from erx_core import acapy_admin
+    sent: list[str] = []
+
+    async def get(path, **params):
+        sent.append(params["extra_query"])
+        return []
+
+    admin = acapy_admin.AcaPyAdmin("http://127.0.0.1:9", SecretStr("k"))
+    admin._get = get
+    await admin.credentials_for_request(EXCHANGE, prescription_id="262b90b1-71c3-4e78-be9a-44612e086218")
+    assert IndyExtraWQL()(sent[0]) == sent[0]
+
+
 async def test_the_port_sends_the_narrowing_as_an_encoded_tag_query():
     seen: list[dict] = []
 
@@ -111,6 +135,6 @@ async def test_the_port_sends_the_narrowing_as_an_encoded_tag_query():
         await admin.close()
         await runner.cleanup()
     narrowed, whole = seen
-    assert json.loads(narrowed["extra_query"][0]) == {"attr::prescription_id::value": hostile}
+    assert json.loads(narrowed["extra_query"][0]) == {"attr::prescription_id::value": {"$in": [hostile]}}
     assert narrowed["count"] == ["100"], "a value cannot add parameters of its own"
     assert "extra_query" not in whole

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 
 from erx_core.acapy_admin import (AdminApiError, AgentUnreachable, CredentialExchange, CredExState, PresentationExchange,
                                   PresExState, Topic)
@@ -97,6 +98,10 @@ def credential_title(attrs: dict[str, str]) -> str:
     return f"{medication or 'credential'}, issued {issued} by {attrs.get('prescriber_name', '?')}"
 
 
+# a prescription id as practices issue them (a UUID); one that is not is searched for unnarrowed
+PLAIN_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
+
+
 class PatientService:
     def __init__(self, ctx: RoleContext, auto_respond: bool = True):
         self.ctx = ctx
@@ -141,9 +146,14 @@ class PatientService:
         request = record.request
         credential_id = (credential_id or self._chosen.pop(record.invitation_id, None)
                          or self._chosen.pop(record.connection_id or "", None))
-        narrow = await self._prescription_of(credential_id) if credential_id else None
-        candidates = [] if credential_id and narrow is None else \
-            await self.ctx.admin.credentials_for_request(pres_ex_id, prescription_id=narrow)
+        held = await self._held(credential_id) if credential_id else None
+        if credential_id and held is None:
+            candidates = []  # the choice is not in this wallet: nothing to search for
+        else:
+            # a choice: only its prescription's credentials (a plain id, as issued; anything else unnarrowed)
+            narrow = held.attrs.get("prescription_id", "") if held is not None else ""
+            candidates = await self.ctx.admin.credentials_for_request(
+                pres_ex_id, prescription_id=narrow if PLAIN_ID.fullmatch(narrow) else None)
         referents = list(request.get("requested_attributes", {})) + list(request.get("requested_predicates", {}))
         usable = [c.cred_info for c in candidates if set(referents) <= set(c.presentation_referents)]
         if credential_id:
@@ -178,11 +188,10 @@ class PatientService:
             return {"pres_ex_id": pres_ex_id, "state": "declined", "reason": exc.reason}
         return {"pres_ex_id": pres_ex_id, "state": "presentation-sent", "credential_id": chosen.referent}
 
-    async def _prescription_of(self, credential_id: str) -> str | None:
-        """The prescription a chosen credential holds, to look only at its credentials; None (nothing
-        matches) for one that is not in this wallet."""
+    async def _held(self, credential_id: str):
+        """The chosen credential; None if it is not in this wallet."""
         try:
-            return (await self.ctx.admin.credential(credential_id)).attrs.get("prescription_id", "")
+            return await self.ctx.admin.credential(credential_id)
         except AdminApiError as exc:
             if isinstance(exc, AgentUnreachable) or exc.status >= 500:
                 raise
