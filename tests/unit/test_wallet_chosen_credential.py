@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from erx_core.acapy_admin import AcaPyAdmin, AdminApiError, PresentationExchange
+from erx_core.acapy_admin import AcaPyAdmin, AdminApiError, CredentialMatch, PresentationExchange
 from erx_core.store import Store
 from erx_roles.patient.service import PatientService
 from erx_schemas.prescription import dispensing_proof_request
@@ -48,10 +48,10 @@ class Wallet:
         return SimpleNamespace(attrs=self.held[credential_id]["attrs"])
 
     async def credentials_for_request(self, pres_ex_id, prescription_id=None):
-        from erx_core.acapy_admin import CredentialMatch
         self.searches.append(prescription_id)
         return [CredentialMatch.model_validate({"cred_info": c, "presentation_referents": REFERENTS})
-                for c in self.held.values() if prescription_id is None or c["attrs"]["prescription_id"] == prescription_id]
+                for c in self.held.values()
+                if prescription_id is None or c["attrs"]["prescription_id"] == prescription_id]
 
     async def send_presentation(self, pres_ex_id, presentation):
         self.sent.append(presentation)
