@@ -348,7 +348,12 @@ class AcaPyAdmin:
                 for item in found.get("results", [])]
 
     async def send_credential_request(self, cred_ex_id: str) -> None:
-        await self._post(self._path("/issue-credential-2.0/records/{id}/send-request", id=("record", cred_ex_id)))
+        """Accept an offer. The holder's exchange record is removed once the credential is stored and
+        acknowledged: it holds a second copy of the credential, and a wallet's exchange records would
+        otherwise grow with every prescription it ever received (the agents are started with
+        --preserve-exchange-records, which the practices' and pharmacies' controllers need)."""
+        await self._post(self._path("/issue-credential-2.0/records/{id}/send-request", id=("record", cred_ex_id)),
+                         {"auto_remove": True})
 
     async def store_credential(self, cred_ex_id: str) -> None:
         await self._post(self._path("/issue-credential-2.0/records/{id}/store", id=("record", cred_ex_id)))

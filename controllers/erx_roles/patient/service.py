@@ -146,18 +146,7 @@ class PatientService:
         request = record.request
         credential_id = (credential_id or self._chosen.pop(record.invitation_id, None)
                          or self._chosen.pop(record.connection_id or "", None))
-        held = await self._held(credential_id) if credential_id else None
-        if credential_id and held is None:
-            candidates = []  # the choice is not in this wallet: nothing to search for
-        else:
-            # a choice: only its prescription's credentials (a plain id, as issued; anything else unnarrowed)
-            narrow = held.attrs.get("prescription_id", "") if held is not None else ""
-            candidates = await self.ctx.admin.credentials_for_request(
-                pres_ex_id, prescription_id=narrow if PLAIN_ID.fullmatch(narrow) else None)
-        referents = list(request.get("requested_attributes", {})) + list(request.get("requested_predicates", {}))
-        usable = [c.cred_info for c in candidates if set(referents) <= set(c.presentation_referents)]
-        if credential_id:
-            usable = [c for c in usable if c.referent == credential_id]
+        usable = await self._usable(pres_ex_id, request, credential_id)
         if not usable:
             await self.ctx.admin.problem_report(pres_ex_id, "no prescription in this wallet matches the request")
             return {"pres_ex_id": pres_ex_id, "state": "declined"}
@@ -165,7 +154,7 @@ class PatientService:
         predicates = list(request.get("requested_predicates", {}).values())
         chosen = usable[-1] if credential_id else max(usable, key=lambda c: (
             all(_satisfies(c.attrs, p) for p in predicates), c.attrs.get("issue_date", ""),
-            -int(c.attrs.get("therapy_part", "1") or 1)))
+            -_part(c.attrs)))
         unmet = [p for p in request.get("requested_predicates", {}).values() if not _satisfies(chosen.attrs, p)]
         if unmet:
             # Say why, as a good wallet does: the verifier otherwise only learns "abandoned".
@@ -187,6 +176,23 @@ class PatientService:
                                                             f"{exc.reason}")
             return {"pres_ex_id": pres_ex_id, "state": "declined", "reason": exc.reason}
         return {"pres_ex_id": pres_ex_id, "state": "presentation-sent", "credential_id": chosen.referent}
+
+    async def _usable(self, pres_ex_id: str, request: dict, credential_id: str | None) -> list:
+        """The held credentials that answer every referent of the request: the chosen one, judged from
+        its own record where the request's restrictions are plain (no wallet search, whose cost grows
+        with every credential the wallet holds); otherwise the agent's search, narrowed to the chosen
+        prescription when there is a choice."""
+        held = await self._held(credential_id) if credential_id else None
+        if credential_id and held is None:
+            return []  # the choice is not in this wallet
+        if held is not None and (fits := answers(request, held)) is not None:
+            return [held] if fits else []
+        narrow = held.attrs.get("prescription_id", "") if held is not None else ""
+        candidates = await self.ctx.admin.credentials_for_request(
+            pres_ex_id, prescription_id=narrow if PLAIN_ID.fullmatch(narrow) else None)
+        referents = set(request.get("requested_attributes", {})) | set(request.get("requested_predicates", {}))
+        usable = [c.cred_info for c in candidates if referents <= set(c.presentation_referents)]
+        return [c for c in usable if c.referent == credential_id] if credential_id else usable
 
     async def _held(self, credential_id: str):
         """The chosen credential; None if it is not in this wallet."""
@@ -357,6 +363,46 @@ class PatientService:
 
 
 _COMPARE = {">=": int.__ge__, ">": int.__gt__, "<=": int.__le__, "<": int.__lt__}
+
+
+# what ACA-Py's AnonCreds holder tags a credential with, from its own record
+def _credential_tags(credential) -> dict[str, str] | None:
+    schema = (credential.schema_id or "").split(":")
+    if len(schema) != 4 or not credential.cred_def_id:
+        return None
+    tags = {"schema_id": credential.schema_id, "schema_issuer_did": schema[0], "schema_name": schema[2],
+            "schema_version": schema[3], "cred_def_id": credential.cred_def_id,
+            "issuer_did": credential.cred_def_id.split(":")[0]}
+    tags.update({f"attr::{name.replace(' ', '')}::value": value for name, value in credential.attrs.items()})
+    return tags
+
+
+def answers(request: dict, credential) -> bool | None:
+    """Does this held credential answer every referent of the proof request (its attribute names are
+    there and it meets each referent's restrictions, any one of them)? None: the request uses a
+    restriction this cannot judge (a WQL operator), and the agent's own search must decide."""
+    tags = _credential_tags(credential)
+    if tags is None:
+        return None
+    groups = list(request.get("requested_attributes", {}).values()) + \
+        list(request.get("requested_predicates", {}).values())
+    for group in groups:
+        names = group.get("names") or [group.get("name", "")]
+        if not all(f"attr::{n.replace(' ', '')}::value" in tags for n in names):
+            return False
+        restrictions = group.get("restrictions") or []
+        if any(not isinstance(r, dict) or any(k.startswith("$") or not isinstance(v, str) for k, v in r.items())
+               for r in restrictions):
+            return None
+        if restrictions and not any(all(tags.get(k) == v for k, v in r.items()) for r in restrictions):
+            return False
+    return True
+
+
+def _part(attrs: dict[str, str]) -> int:
+    """A therapy part's number; 1 for a prescription that is not one (or an issuer's odd value)."""
+    value = attrs.get("therapy_part", "")
+    return int(value) if value.isdigit() and len(value) < 6 else 1
 
 
 def _satisfies(attrs: dict[str, str], predicate: dict) -> bool:
