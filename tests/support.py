@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from erx_core.acapy_admin import AcaPyAdmin
 from erx_core.processes import free_port
 from erx_core.settings import AgentSettings, ChainSettings, PoolSettings, Settings, TailsSettings
+from pydantic import SecretStr
 
 
 def _ports(n: int) -> list[int]:
@@ -95,3 +101,19 @@ class LocalSigner:
         signing_input = ".".join(b64url_encode(json.dumps(part, separators=(",", ":")).encode())
                                  for part in (header, payload))
         return f"{signing_input}.{b64url_encode(self.key.sign(signing_input.encode()).signature)}"
+
+
+@contextlib.asynccontextmanager
+async def admin_of(app: web.Application) -> AsyncIterator[AcaPyAdmin]:
+    """The typed agent port pointed at `app`, a fake admin API served for real on 127.0.0.1."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    admin = AcaPyAdmin(f"http://127.0.0.1:{port}", SecretStr("k"))
+    try:
+        yield admin
+    finally:
+        await admin.close()
+        await runner.cleanup()

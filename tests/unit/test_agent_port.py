@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from pydantic import SecretStr
-
 from erx_core import ids
-from erx_core.acapy_admin import AcaPyAdmin, AdminApiError
+from erx_core.acapy_admin import AdminApiError
+
+from tests.support import admin_of
 
 GOOD = "6f1d4f0e-1a2b-4c3d-8e9f-0a1b2c3d4e5f"
 HOSTILE = ["../shutdown", "../../status/ready", "%2e%2e%2fshutdown", "a/b", GOOD + "/../shutdown", GOOD + "\n",
@@ -32,15 +32,8 @@ async def fake_agent():
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", anything)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    admin = AcaPyAdmin(f"http://127.0.0.1:{port}", SecretStr("k"))
-    yield admin, seen
-    await admin.close()
-    await runner.cleanup()
+    async with admin_of(app) as admin:
+        yield admin, seen
 
 
 @pytest.mark.parametrize("hostile", HOSTILE)

@@ -17,13 +17,13 @@ from acapy_agent.wallet.jwt import jwt_sign
 from acapy_agent.wallet.key_type import ED25519, KeyTypes
 from acapy_agent.wallet.keys.manager import MultikeyManager, verkey_to_multikey
 from aiohttp import web
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from pydantic import SecretStr
-
-from erx_core.acapy_admin import AcaPyAdmin, AdminApiError
+from erx_core.acapy_admin import AdminApiError
 from erx_schemas import signed
 from erx_schemas.signed import Problem, SignatureInvalid, SignedDocument, verify
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.support import admin_of
 
 TYP = "erx-test+jwt"
 
@@ -273,15 +273,8 @@ async def fake_agent():
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", anything)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    admin = AcaPyAdmin(f"http://127.0.0.1:{port}", SecretStr("k"))
-    yield admin, seen, answers
-    await admin.close()
-    await runner.cleanup()
+    async with admin_of(app) as admin:
+        yield admin, seen, answers
 
 
 @pytest.mark.parametrize("hostile", HOSTILE_DIDS)

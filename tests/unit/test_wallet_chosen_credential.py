@@ -12,13 +12,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from aiohttp import web
-from pydantic import SecretStr
-
-from erx_core.acapy_admin import (AcaPyAdmin, AdminApiError, CredentialMatch, HeldCredential,
-                                  PresentationExchange)
+from erx_core.acapy_admin import AdminApiError, CredentialMatch, HeldCredential, PresentationExchange
 from erx_core.store import Store
 from erx_roles.patient.service import PatientService, answers
 from erx_schemas.prescription import ATTRIBUTES, dispensing_proof_request
+from pydantic import SecretStr
+
+from tests.support import admin_of
 
 EXCHANGE = "6f1d4f0e-1a2b-4c3d-8e9f-0a1b2c3d4e5f"
 SCHEMA = "QG2SEERayJtPsDHEyzjn89:2:erx-prescription:2.0"
@@ -159,7 +159,6 @@ def test_answers_needs_every_requested_name():
 async def test_the_narrowing_passes_acapy_s_own_check_of_extra_queries():
     """ACA-Py's route validates `extra_query` before the holder sees it (a plain value is a 422)."""
     from acapy_agent.messaging.valid import IndyExtraWQL
-
     from erx_core import acapy_admin
     sent: list[str] = []
 
@@ -182,19 +181,10 @@ async def test_the_port_sends_the_narrowing_as_an_encoded_tag_query():
 
     app = web.Application()
     app.router.add_get(f"/present-proof-2.0/records/{EXCHANGE}/credentials", credentials)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    admin = AcaPyAdmin(f"http://127.0.0.1:{port}", SecretStr("k"))
-    try:
-        hostile = 'rx-1"}, {"$or": [{}]}&count=100000'
+    hostile = 'rx-1"}, {"$or": [{}]}&count=100000'
+    async with admin_of(app) as admin:
         await admin.credentials_for_request(EXCHANGE, prescription_id=hostile)
         await admin.credentials_for_request(EXCHANGE)
-    finally:
-        await admin.close()
-        await runner.cleanup()
     narrowed, whole = seen
     assert json.loads(narrowed["extra_query"][0]) == {"attr::prescription_id::value": {"$in": [hostile]}}
     assert narrowed["count"] == ["100"], "a value cannot add parameters of its own"
@@ -204,4 +194,10 @@ async def test_the_port_sends_the_narrowing_as_an_encoded_tag_query():
 async def test_a_credential_with_an_odd_part_number_does_not_stop_the_wallet_answering(wallet):
     agent, service = wallet
     agent.held["cred-2"]["attrs"]["therapy_part"] = "two"  # as an issuer wrote it; the schema does not say
+    assert (await service.approve(EXCHANGE))["state"] == "presentation-sent"
+
+
+async def test_a_non_ascii_digit_part_number_does_not_stop_the_wallet_either(wallet):
+    agent, service = wallet
+    agent.held["cred-4"]["attrs"]["therapy_part"] = "²"  # str.isdigit() says yes, int() says no
     assert (await service.approve(EXCHANGE))["state"] == "presentation-sent"

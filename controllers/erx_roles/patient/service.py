@@ -402,7 +402,7 @@ def answers(request: dict, credential) -> bool | None:
 def _part(attrs: dict[str, str]) -> int:
     """A therapy part's number; 1 for a prescription that is not one (or an issuer's odd value)."""
     value = attrs.get("therapy_part", "")
-    return int(value) if value.isdigit() and len(value) < 6 else 1
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 6 else 1  # "²" is a digit
 
 
 def _satisfies(attrs: dict[str, str], predicate: dict) -> bool:
